@@ -1,0 +1,23 @@
+# multimag: slides in, co-registered multi-magnification patch stores out.
+# Rules are thin: each calls one `multimag` subcommand (see workflow/rules/).
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/tissue.smk"
+include: "workflow/rules/tile.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        all_outputs,
+    default_target: True

@@ -1,0 +1,76 @@
+"""Configuration: one JSON Schema (``schemas/config.schema.yaml``) gives the keys,
+their defaults and their limits, for the workflow (Snakemake's ``validate()``)
+and for the CLI alike."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(str(files("multimag") / "schemas" / "config.schema.yaml"))
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(instance: Any, node: dict) -> None:
+    """Insert schema defaults into ``instance`` (recursively, objects only)."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validated copy of ``config`` with every default filled in."""
+    config = deepcopy(config or {})
+    spec = schema()
+    _fill_defaults(config, spec)
+    errors = sorted(jsonschema.Draft202012Validator(spec).iter_errors(config),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "additionalProperties":
+            unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            key = ".".join(filter(None, [key if err.absolute_path else "", *unknown]))
+            raise ConfigError(f"unknown config key {key!r}", path=source,
+                              fix="remove it or correct its spelling (see "
+                              "workflow/schemas/config.schema.yaml)")
+        raise ConfigError(f"config key {key!r}: {err.message}", path=source,
+                          fix="see workflow/schemas/config.schema.yaml for allowed values")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (or none: all defaults), apply CLI overrides, validate."""
+    config: dict = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError("the config file does not exist", path=path,
+                              fix="pass an existing YAML file to --config") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML ({exc})", path=path,
+                              fix="correct the YAML syntax") from exc
+        if not isinstance(config, dict):
+            raise ConfigError("the config must be a YAML mapping", path=path,
+                              fix="write key: value pairs at the top level")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            config[key] = value
+    return validate_config(config, source)

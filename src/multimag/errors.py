@@ -1,0 +1,57 @@
+"""One exception type per failure class.
+
+Every message names the slide, the file and the fix, on one line, because the
+CLI prints ``str(error)`` as the only line on stderr and Snakemake shows it in
+the failed job's log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MultimagError(Exception):
+    """Base class: a failure the user can fix from the message alone."""
+
+    def __init__(self, what: str, *, slide: str | None = None, path: str | Path | None = None,
+                 fix: str | None = None) -> None:
+        self.what = what
+        self.slide = slide
+        self.path = str(path) if path is not None else None
+        self.fix = fix
+        parts = []
+        if slide:
+            parts.append(f"slide {slide!r}")
+        if self.path:
+            parts.append(f"file {self.path}")
+        head = f"[{', '.join(parts)}] " if parts else ""
+        tail = f" Fix: {fix}" if fix else ""
+        super().__init__(f"{head}{what}.{tail}".replace("\n", " "))
+
+
+class SlideNotFoundError(MultimagError):
+    """The slide path does not exist or is not a file."""
+
+
+class SlideFormatError(MultimagError):
+    """The file exists but no reader can open it (not a slide, truncated, unsupported)."""
+
+
+class SlideReadError(MultimagError):
+    """The slide opened but its pixels cannot be decoded."""
+
+
+class ResolutionError(MultimagError):
+    """No usable pixel size, or a magnification the slide cannot provide."""
+
+
+class ConfigError(MultimagError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class StoreError(MultimagError):
+    """A patch store is missing, incomplete or of an unknown schema."""
+
+
+class SamplesError(MultimagError):
+    """samples.tsv is malformed (missing columns, duplicate ids, bad paths)."""

@@ -1,0 +1,268 @@
+"""The multi-magnification grid: the one source of truth for where a patch lies.
+
+Coordinates are continuous: pixel ``i`` of any image covers ``[i, i + 1)`` and
+its centre is ``i + 0.5``. Level-0 coordinates are the slide's own pixels.
+
+* A magnification is a pixel size: ``mpp(M) = base_mpp * base_magnification / M``
+  (40x = 0.25 um/px with the defaults).
+* A pyramid level maps to level 0 by its own per-axis scale (level-0 pixels per
+  level pixel), taken from the level's dimensions. When a level's size is what
+  an integer reduction by ``k`` produces (``floor`` or ``ceil`` of ``W0 / k``),
+  the scale is exactly ``k``: that is how scanners build pyramids, and it keeps
+  the far edge of a 100,000-px slide on the right pixel (``W0 / W1`` = 4.0003
+  would drift by several pixels there).
+* A patch of magnification ``M`` centred on the level-0 point ``(cx, cy)`` has
+  ``side`` output pixels of ``scale = mpp(M) / mpp0`` level-0 pixels each, so it
+  covers ``[cx - side * scale / 2, cx + side * scale / 2)`` on level 0.
+* Centres lie on a grid of the finest magnification: grid cell ``(i, j)`` has
+  its top-left corner at ``(j * stride, i * stride)`` finest-magnification
+  pixels, and its centre rounded to the nearest level-0 pixel corner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, ResolutionError
+
+#: relative tolerance when comparing pixel sizes (0.499 um/px counts as 20x)
+MPP_RTOL = 0.01
+MODES = ("same_center", "same_field")
+#: no whole-slide scanner has pixels this large (um); such a value is a bogus tag
+IMPLAUSIBLE_MPP = 20.0
+
+
+def mag_label(magnification: float) -> str:
+    """``40 -> '40x'``, ``2.5 -> '2.5x'`` (the suffix of the store arrays)."""
+    return f"{float(magnification):g}x"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a magnification means in micrometres per pixel."""
+
+    base_magnification: float = 40.0
+    base_mpp: float = 0.25
+
+    def mpp(self, magnification: float) -> float:
+        return self.base_mpp * self.base_magnification / float(magnification)
+
+
+def level_scale(size0: int, size: int) -> float:
+    """Level-0 pixels per level pixel along one axis (integer when the pyramid is)."""
+    if size <= 0:
+        raise ValueError("level dimension must be positive")
+    k = round(size0 / size)
+    if k >= 1 and size in (size0 // k, -(-size0 // k)):
+        return float(k)
+    return size0 / size
+
+
+@dataclass(frozen=True)
+class Level:
+    index: int
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+
+    @property
+    def scale(self) -> float:
+        """The coarser axis' scale: the pixel size used to pick this level."""
+        return max(self.scale_x, self.scale_y)
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """Level geometry of one slide, with its level-0 pixel size."""
+
+    mpp: float
+    levels: tuple[Level, ...]
+
+    @classmethod
+    def from_dimensions(cls, dimensions: Sequence[tuple[int, int]], mpp: float) -> Pyramid:
+        w0, h0 = dimensions[0]
+        levels = tuple(
+            Level(i, int(w), int(h), level_scale(w0, w), level_scale(h0, h))
+            for i, (w, h) in enumerate(dimensions)
+        )
+        return cls(float(mpp), levels)
+
+    @property
+    def width(self) -> int:
+        return self.levels[0].width
+
+    @property
+    def height(self) -> int:
+        return self.levels[0].height
+
+    def level_mpp(self, level: Level) -> float:
+        return self.mpp * level.scale
+
+    def level_for(self, target_mpp: float) -> Level:
+        """The level whose pixel size is the largest not exceeding ``target_mpp``.
+
+        Returns level 0 when even level 0 is coarser than the target; callers
+        decide whether that upsampling is allowed (:func:`plan_magnifications`).
+        """
+        best = self.levels[0]
+        for level in self.levels[1:]:
+            if self.level_mpp(level) <= target_mpp * (1 + MPP_RTOL) and level.scale > best.scale:
+                best = level
+        return best
+
+
+@dataclass(frozen=True)
+class MagPlan:
+    """How one magnification is produced: its patch side, source level and scale."""
+
+    magnification: float
+    side: int  # output patch side in pixels
+    target_mpp: float
+    scale: float  # level-0 pixels per output pixel
+    level: Level  # pyramid level the pixels are read from
+    level_mpp: float
+    factor_x: float  # level pixels per output pixel (> 1: downsample, < 1: upsample)
+    factor_y: float
+
+    @property
+    def label(self) -> str:
+        return mag_label(self.magnification)
+
+    @property
+    def array_name(self) -> str:
+        return f"mag_{self.label}"
+
+    @property
+    def extent(self) -> float:
+        """Side of the field of view in level-0 pixels."""
+        return self.side * self.scale
+
+    def footprint(self, cx: float, cy: float) -> tuple[float, float, float, float]:
+        """Level-0 box ``(x0, y0, x1, y1)`` of the patch centred on ``(cx, cy)``."""
+        half = self.extent / 2
+        return cx - half, cy - half, cx + half, cy + half
+
+    def level_box(self, cx: float, cy: float) -> tuple[float, float, float, float]:
+        """The same box on the source level's own pixel grid."""
+        x0, y0, x1, y1 = self.footprint(cx, cy)
+        sx, sy = self.level.scale_x, self.level.scale_y
+        return x0 / sx, y0 / sy, x1 / sx, y1 / sy
+
+    def to_patch(self, x: float, y: float, cx: float, cy: float) -> tuple[float, float]:
+        """Continuous patch coordinates of the level-0 point ``(x, y)``."""
+        x0, y0, _, _ = self.footprint(cx, cy)
+        return (x - x0) / self.scale, (y - y0) / self.scale
+
+    def provenance(self) -> dict:
+        return {
+            "magnification": self.magnification,
+            "array": self.array_name,
+            "patch_px": self.side,
+            "target_mpp": self.target_mpp,
+            "level": self.level.index,
+            "level_mpp": self.level_mpp,
+            "level_scale": [self.level.scale_x, self.level.scale_y],
+            "resample_factor": [self.factor_x, self.factor_y],
+            "upsampled": min(self.factor_x, self.factor_y) < 1 - MPP_RTOL,
+        }
+
+
+def patch_sides(magnifications: Sequence[float], patch_px: int, mode: str) -> list[int]:
+    """Output side per magnification.
+
+    ``same_center``: every magnification is ``patch_px`` wide. ``same_field``:
+    ``patch_px`` is the side at the finest magnification and the others shrink
+    with magnification so that all cover the same field of view.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}", fix=f"set mode to one of {', '.join(MODES)}")
+    if mode == "same_center":
+        return [int(patch_px)] * len(magnifications)
+    finest = max(magnifications)
+    sides = []
+    for m in magnifications:
+        side = patch_px * m / finest
+        if abs(side - round(side)) > 1e-9 or round(side) < 1:
+            raise ConfigError(
+                f"same_field: patch_px {patch_px} at {mag_label(finest)} gives a non-integer "
+                f"side {side:g} px at {mag_label(m)}",
+                fix="choose patch_px divisible by the ratio of the finest to the coarsest "
+                "magnification",
+            )
+        sides.append(round(side))
+    return sides
+
+
+def plan_magnifications(
+    pyramid: Pyramid,
+    magnifications: Sequence[float],
+    patch_px: int,
+    mode: str,
+    resolution: Resolution = Resolution(),
+    allow_upsample: bool = False,
+    slide: str | None = None,
+    path: str | None = None,
+) -> tuple[MagPlan, ...]:
+    """One :class:`MagPlan` per magnification, finest first."""
+    mags = sorted({float(m) for m in magnifications}, reverse=True)
+    if len(mags) != len(magnifications):
+        raise ConfigError("magnifications repeat", fix="list each magnification once")
+    plans = []
+    for m, side in zip(mags, patch_sides(mags, patch_px, mode), strict=True):
+        target = resolution.mpp(m)
+        if pyramid.mpp > target * (1 + MPP_RTOL) and not allow_upsample:
+            fix = "drop that magnification, or set allow_upsample: true"
+            if pyramid.mpp > IMPLAUSIBLE_MPP:
+                fix = (f"{pyramid.mpp:g} um/px is no scanner's pixel size (a 72-dpi TIFF "
+                       "resolution tag?): give the true mpp in samples.tsv or with --mpp")
+            raise ResolutionError(
+                f"{mag_label(m)} needs {target:g} um/px but the finest level is "
+                f"{pyramid.mpp:g} um/px",
+                slide=slide,
+                path=path,
+                fix=fix,
+            )
+        level = pyramid.level_for(target)
+        scale = target / pyramid.mpp
+        plans.append(MagPlan(m, side, target, scale, level, pyramid.level_mpp(level),
+                             scale / level.scale_x, scale / level.scale_y))
+    return tuple(plans)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Candidate patch centres on the finest magnification's grid."""
+
+    centers: np.ndarray  # (N, 2) int64 level-0 (x, y)
+    rows: np.ndarray  # (N,) grid row
+    cols: np.ndarray  # (N,) grid column
+    stride: float  # level-0 pixels between neighbouring centres
+
+
+def grid_centers(pyramid: Pyramid, finest: MagPlan, stride_px: int | None = None) -> Grid:
+    """All grid centres whose finest-magnification patch lies inside level 0, row-major."""
+    stride = (stride_px or finest.side) * finest.scale
+    extent = finest.extent
+    ncols = max(0, math.floor((pyramid.width - extent) / stride) + 1)
+    nrows = max(0, math.floor((pyramid.height - extent) / stride) + 1)
+    rows, cols = np.meshgrid(np.arange(nrows), np.arange(ncols), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    cx = np.floor(cols * stride + extent / 2 + 0.5).astype(np.int64)
+    cy = np.floor(rows * stride + extent / 2 + 0.5).astype(np.int64)
+    return Grid(np.stack([cx, cy], axis=1), rows, cols, stride)
+
+
+def stripe_order(cols: np.ndarray, rows: np.ndarray, stripe_columns: int) -> np.ndarray:
+    """Grid order: stripes of ``stripe_columns`` grid columns, left to right; rows
+    top to bottom within a stripe; columns left to right within a row.
+
+    Stripes bound the tiler's memory by the stripe width instead of the slide
+    width, while every source tile is still decoded about once.
+    """
+    stripe = cols // max(1, int(stripe_columns))
+    return np.lexsort((cols, rows, stripe))

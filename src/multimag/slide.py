@@ -1,0 +1,416 @@
+"""One reader interface over openslide and tiffslide.
+
+Every read is addressed on a pyramid level's own pixel grid and returns RGB
+uint8 pixels, white outside the slide (openslide's transparent pixels are
+composited onto white, tiffslide's zero padding is replaced by white).
+
+* ``tiffslide`` (default): metadata from tiffslide; pixels by reading each
+  TIFF tile's bytes at its offset and decoding it with imagecodecs through
+  tifffile, once, in a thread pool, into a byte-bounded cache that also keeps
+  each tile reduced by the integer factors the tiler asks for. Exact on every
+  level, whatever the level's downsample.
+* ``openslide``: everything through openslide (formats tifffile cannot read:
+  MIRAX, DICOM, ...). On a level whose downsample is not an integer, openslide
+  interpolates at the fractional position ``x0 / downsample``; the returned
+  :class:`Region` says where its first pixel lies so callers resample exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import ResolutionError, SlideFormatError, SlideNotFoundError, SlideReadError
+from .geometry import Pyramid
+
+READERS = ("tiffslide", "openslide")
+# tifffile logs what it finds wrong in a file; the error we raise says it once
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+WHITE = 255
+
+
+@dataclass(frozen=True)
+class Region:
+    """Pixels of one level; ``(ox, oy)`` is the level coordinate of pixel (0, 0)'s corner."""
+
+    pixels: np.ndarray
+    ox: float
+    oy: float
+
+
+def _fix_for(path: Path) -> str:
+    return (f"check that {path.name} is a complete whole-slide image (re-copy or re-export it), "
+            "or remove it from samples.tsv")
+
+
+class Slide:
+    """Base class: metadata, resolution and level reads shared by the backends."""
+
+    reader: str = ""
+
+    def __init__(self, path: Path, slide_id: str, dimensions: list[tuple[int, int]],
+                 metadata_mpp: float | None, objective_power: float | None,
+                 mpp_override: float | None) -> None:
+        self.path = path
+        self.slide_id = slide_id
+        self.objective_power = objective_power
+        self.metadata_mpp = metadata_mpp
+        if mpp_override is not None and not (math.isfinite(mpp_override) and mpp_override > 0):
+            raise ResolutionError(f"mpp override {mpp_override!r} is not a positive number",
+                                  slide=slide_id, path=path, fix="give mpp in um/px, e.g. 0.25")
+        if mpp_override is not None:
+            mpp, self.mpp_source = float(mpp_override), "override"
+        elif metadata_mpp is not None:
+            mpp, self.mpp_source = float(metadata_mpp), "metadata"
+        else:
+            raise ResolutionError(
+                "the slide has no pixel size (mpp) in its metadata and none was given",
+                slide=slide_id, path=path,
+                fix="add the level-0 um/px in the mpp column of samples.tsv (or pass --mpp)",
+            )
+        self.pyramid = Pyramid.from_dimensions(dimensions, mpp)
+
+    # -- to implement -----------------------------------------------------------------
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> Region:
+        """Level pixels ``[x, x+w) x [y, y+h)``, clipped to the level (caller pads)."""
+        raise NotImplementedError
+
+    def read_reduced(self, level: int, factor: int, x: int, y: int, w: int, h: int
+                     ) -> np.ndarray | None:
+        """Pixels of ``level`` area-reduced by integer ``factor``, exactly on that grid
+        (pixel ``i`` averages level pixels ``[factor*i, factor*(i+1))``), or ``None``
+        when this backend cannot deliver them exactly."""
+        region = self.read(level, x * factor, y * factor, w * factor, h * factor)
+        if region.ox != x * factor or region.oy != y * factor:
+            return None
+        return reduce_pixels(region.pixels, factor)
+
+    def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
+        """Hint: these ``(level, factor, tile_row, tile_col)`` will be needed soon."""
+
+    def tile_size(self, level: int) -> tuple[int, int] | None:
+        """(tile height, tile width) of a level when reads are tile-based, else None."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    # -- shared -----------------------------------------------------------------------
+    @property
+    def mpp(self) -> float:
+        return self.pyramid.mpp
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> Region:
+        """Level pixels ``[x, x+w) x [y, y+h)``; white where that lies outside the slide."""
+        lv = self.pyramid.levels[level]
+        cx0, cy0 = max(0, x), max(0, y)
+        cx1, cy1 = min(lv.width, x + w), min(lv.height, y + h)
+        if cx0 >= cx1 or cy0 >= cy1:
+            return Region(np.full((h, w, 3), WHITE, np.uint8), x, y)
+        inner = self._read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        if (cx0, cy0, cx1, cy1) == (x, y, x + w, y + h):
+            return inner
+        out = np.full((h, w, 3), WHITE, np.uint8)
+        ih, iw = inner.pixels.shape[:2]
+        out[cy0 - y:cy0 - y + ih, cx0 - x:cx0 - x + iw] = inner.pixels
+        return Region(out, inner.ox - (cx0 - x), inner.oy - (cy0 - y))
+
+    def _damaged(self, what: str, exc: Exception) -> SlideReadError:
+        return SlideReadError(f"{what} cannot be decoded ({type(exc).__name__}: {exc})",
+                              slide=self.slide_id, path=self.path, fix=_fix_for(self.path))
+
+    def test_read(self) -> None:
+        """Decode a little of every level, so a slide that opens but cannot be
+        decoded fails before any output is written."""
+        for lv in self.pyramid.levels:
+            w, h = min(lv.width, 64), min(lv.height, 64)
+            try:
+                self.read(lv.index, (lv.width - w) // 2, (lv.height - h) // 2, w, h)
+            except SlideReadError:
+                raise
+            except Exception as exc:
+                raise self._damaged(f"level {lv.index}", exc) from exc
+
+    def describe(self) -> dict:
+        return {
+            "reader": self.reader,
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "metadata_mpp": self.metadata_mpp,
+            "objective_power": self.objective_power,
+            "level_dimensions": [[lv.width, lv.height] for lv in self.pyramid.levels],
+            "level_scales": [[lv.scale_x, lv.scale_y] for lv in self.pyramid.levels],
+        }
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def reduce_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average by an integer factor (edge pixels replicated when not divisible)."""
+    if factor == 1:
+        return pixels
+    h, w = pixels.shape[:2]
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    out = np.asarray(image.reduce(factor))
+    return out[: -(-h // factor), : -(-w // factor)]
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+# -- tiffslide: tifffile tiles, decoded once ------------------------------------------------
+
+class _TileCache:
+    """Byte-bounded LRU of decoded (and reduced) tiles."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
+
+
+class TiffSlideSlide(Slide):
+    reader = "tiffslide"
+
+    def __init__(self, path: Path, slide_id: str, mpp_override: float | None,
+                 workers: int = 2, cache_mb: int = 256) -> None:
+        import tifffile
+        import tiffslide
+
+        try:
+            self._ts = tiffslide.TiffSlide(str(path))
+            dims = [tuple(map(int, d)) for d in self._ts.level_dimensions]
+            props = self._ts.properties
+        except Exception as exc:
+            raise SlideFormatError(f"tiffslide cannot open it ({type(exc).__name__}: {exc})",
+                                   slide=slide_id, path=path, fix=_fix_for(path)) from exc
+        try:
+            tf: tifffile.TiffFile = self._ts.ts_tifffile
+            series = tf.series[int(props.get("tiffslide.series-index") or 0)]
+            self._pages = [lvl.keyframe for lvl in series.levels]
+        except Exception as exc:
+            self._ts.close()
+            raise SlideFormatError(f"no pyramid series ({exc})", slide=slide_id, path=path,
+                                   fix=_fix_for(path)) from exc
+        super().__init__(path, slide_id, dims, _positive_float(props.get("tiffslide.mpp-x")),
+                         _positive_float(props.get("tiffslide.objective-power")), mpp_override)
+        for page, (w, h) in zip(self._pages, dims, strict=True):
+            if (page.imagewidth, page.imagelength) != (w, h) or page.dtype != np.uint8:
+                raise SlideFormatError(
+                    f"unsupported level layout {page.shape} {page.dtype}", slide=slide_id,
+                    path=path, fix="use reader: openslide for this slide")
+        self._check_offsets(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._cache = _TileCache(cache_mb * 2**20)
+        self._pool = ThreadPoolExecutor(max(1, workers)) if workers > 1 else None
+
+    def _check_offsets(self, path: Path) -> None:
+        size = path.stat().st_size
+        for page in self._pages:
+            ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts,
+                                                                      np.int64)
+            if len(ends) and ends.max() > size:
+                raise SlideFormatError(
+                    f"truncated: level {self._pages.index(page)} needs {int(ends.max())} bytes "
+                    f"but the file has {size}", slide=self.slide_id, path=path,
+                    fix=_fix_for(path))
+
+    def tile_size(self, level: int) -> tuple[int, int]:
+        page = self._pages[level]
+        if page.is_tiled:
+            return page.tilelength, page.tilewidth
+        return page.rowsperstrip or page.imagelength, page.imagewidth
+
+    def _decode(self, level: int, ty: int, tx: int) -> np.ndarray:
+        key = (level, 1, ty, tx)
+        tile = self._cache.get(key)
+        if tile is not None:
+            return tile
+        page = self._pages[level]
+        th, tw = self.tile_size(level)
+        ncols = -(-page.imagewidth // tw)
+        index = ty * ncols + tx
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        h = min(th, page.imagelength - ty * th)
+        w = min(tw, page.imagewidth - tx * tw)
+        if count == 0:  # sparse tile: nothing stored there
+            tile = np.full((h, w, 3), WHITE, np.uint8)
+        else:
+            try:
+                data = os.pread(self._fd, count, offset)
+                decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables,
+                                            jpegheader=page.jpegheader)
+            except Exception as exc:
+                raise self._damaged(f"tile {index} of level {level}", exc) from exc
+            tile = np.ascontiguousarray(decoded.reshape(decoded.shape[-3:])[:h, :w, :3])
+            if tile.shape[2] == 1:
+                tile = np.repeat(tile, 3, axis=2)
+        self._cache.put(key, tile)
+        return tile
+
+    def _tile(self, level: int, factor: int, ty: int, tx: int) -> np.ndarray:
+        if factor == 1:
+            return self._decode(level, ty, tx)
+        key = (level, factor, ty, tx)
+        tile = self._cache.get(key)
+        if tile is None:
+            tile = reduce_pixels(self._decode(level, ty, tx), factor)
+            self._cache.put(key, tile)
+        return tile
+
+    def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
+        todo = [t for t in tiles if self._cache.get(t) is None]
+        if not todo:
+            return
+        if self._pool is None:
+            for t in todo:
+                self._tile(*t)
+            return
+        # decode all factor-1 tiles first so reductions of one tile don't decode it twice
+        base = sorted({(lv, 1, ty, tx) for lv, _, ty, tx in todo})
+        list(self._pool.map(lambda t: self._tile(*t), base))
+        list(self._pool.map(lambda t: self._tile(*t), todo))
+
+    def _assemble(self, level: int, factor: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        th, tw = self.tile_size(level)
+        th, tw = th // factor, tw // factor
+        out = np.empty((h, w, 3), np.uint8)
+        for ty in range(y // th, (y + h - 1) // th + 1):
+            for tx in range(x // tw, (x + w - 1) // tw + 1):
+                tile = self._tile(level, factor, ty, tx)
+                y0, x0 = ty * th, tx * tw
+                sy0, sx0 = max(y, y0), max(x, x0)
+                sy1, sx1 = min(y + h, y0 + tile.shape[0]), min(x + w, x0 + tile.shape[1])
+                out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        return out
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> Region:
+        return Region(self._assemble(level, 1, x, y, w, h), x, y)
+
+    def read_reduced(self, level: int, factor: int, x: int, y: int, w: int, h: int
+                     ) -> np.ndarray | None:
+        th, tw = self.tile_size(level)
+        if th % factor or tw % factor:
+            return super().read_reduced(level, factor, x, y, w, h)
+        lv = self.pyramid.levels[level]
+        rw, rh = -(-lv.width // factor), -(-lv.height // factor)
+        if x >= 0 and y >= 0 and x + w <= rw and y + h <= rh:
+            return self._assemble(level, factor, x, y, w, h)
+        out = np.full((h, w, 3), WHITE, np.uint8)
+        cx0, cy0, cx1, cy1 = max(0, x), max(0, y), min(rw, x + w), min(rh, y + h)
+        if cx0 < cx1 and cy0 < cy1:
+            out[cy0 - y:cy1 - y, cx0 - x:cx1 - x] = self._assemble(
+                level, factor, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._ts.close()
+
+
+# -- openslide ----------------------------------------------------------------------------
+
+class OpenSlideSlide(Slide):
+    reader = "openslide"
+
+    def __init__(self, path: Path, slide_id: str, mpp_override: float | None) -> None:
+        import openslide
+
+        try:
+            self._os = openslide.OpenSlide(str(path))
+        except Exception as exc:
+            raise SlideFormatError(f"openslide cannot open it ({type(exc).__name__}: {exc})",
+                                   slide=slide_id, path=path, fix=_fix_for(path)) from exc
+        props = self._os.properties
+        super().__init__(path, slide_id, [tuple(map(int, d)) for d in self._os.level_dimensions],
+                         _positive_float(props.get("openslide.mpp-x")),
+                         _positive_float(props.get("openslide.objective-power")), mpp_override)
+        self._downsamples = list(self._os.level_downsamples)
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> Region:
+        ds = self._downsamples[level]
+        x0, y0 = round(x * ds), round(y * ds)
+        try:
+            rgba = np.asarray(self._os.read_region((x0, y0), level, (w, h)))
+        except Exception as exc:
+            raise self._damaged(f"level {level} at ({x}, {y})", exc) from exc
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        rgb = (rgba[..., :3] * alpha + WHITE * (255 - alpha) + 127) // 255
+        return Region(rgb.astype(np.uint8), x0 / ds if level else x0, y0 / ds if level else y0)
+
+    def close(self) -> None:
+        self._os.close()
+
+
+def open_slide(path: str | Path, *, slide_id: str | None = None, reader: str = "tiffslide",
+               mpp: float | None = None, workers: int = 2, cache_mb: int = 256,
+               test_read: bool = True) -> Slide:
+    """Open a slide with the chosen reader, resolve its pixel size, and (by default)
+    decode a little of every level so that broken files fail here, clearly."""
+    path = Path(path)
+    slide_id = slide_id or path.stem
+    if reader not in READERS:
+        raise SlideFormatError(f"unknown reader {reader!r}", slide=slide_id, path=path,
+                               fix=f"set reader to one of {', '.join(READERS)}")
+    if not path.exists():
+        raise SlideNotFoundError("the slide file does not exist", slide=slide_id, path=path,
+                                 fix="correct the path in samples.tsv (relative paths are "
+                                 "resolved against the directory of samples.tsv)")
+    if not path.is_file():
+        raise SlideNotFoundError("the slide path is not a file", slide=slide_id, path=path,
+                                 fix="point samples.tsv at the slide file itself")
+    if path.stat().st_size == 0:
+        raise SlideFormatError("the file is empty (0 bytes)", slide=slide_id, path=path,
+                               fix=_fix_for(path))
+    if reader == "tiffslide":
+        slide: Slide = TiffSlideSlide(path, slide_id, mpp, workers=workers, cache_mb=cache_mb)
+    else:
+        slide = OpenSlideSlide(path, slide_id, mpp)
+    if test_read:
+        try:
+            slide.test_read()
+        except BaseException:
+            slide.close()
+            raise
+    return slide

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MULTIMAG_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+
+
+def fixture_path(*parts: str) -> Path:
+    """A file from ../shared/fixtures, or skip the test when the folder is absent."""
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    return fixture_path("real", "cmu-1-small-region.svs")
+
+
+# -- a synthetic slide with fiducial marks at known level-0 positions ----------------------
+
+FIDUCIAL_SIZE = 25  # marks cover [m - 12, m + 13): centroid at m + 0.5
+
+
+def fiducial_positions(width: int, height: int) -> np.ndarray:
+    xs = np.arange(150, width - 150, 397)
+    ys = np.arange(170, height - 170, 383)
+    return np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
+
+
+@pytest.fixture(scope="session")
+def fiducial_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Non-square, odd-sized Aperio-like SVS (levels 1/4/16, 240-px tiles), 0.25 um/px,
+    pink 'tissue' everywhere with black square marks."""
+    from multimag.svs_writer import write_svs
+
+    width, height = 4801, 3603
+    rng = np.random.default_rng(7)
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = (225, 160, 200)
+    image += rng.integers(0, 6, size=(height, width, 1), dtype=np.uint8)
+    marks = fiducial_positions(width, height)
+    h = FIDUCIAL_SIZE // 2
+    for x, y in marks:
+        image[y - h:y + h + 1, x - h:x + h + 1] = 0
+    path = tmp_path_factory.mktemp("fiducial") / "fiducial.svs"
+    write_svs(path, image, mpp=0.25, app_mag=40, tile=240, downsamples=(1, 4, 16), quality=95)
+    return path, marks
+
+
+def full_tissue(slide):
+    """A tissue mask that keeps every grid cell (the co-registration test wants all)."""
+    from multimag.tissue import TissueMask, TissueParams
+
+    lv = slide.pyramid.levels[-1]
+    return TissueMask(np.ones((lv.height, lv.width), bool),
+                      np.full((lv.height, lv.width, 3), 200, np.uint8),
+                      lv.scale_x, lv.scale_y, 0.0, TissueParams())

@@ -1,0 +1,110 @@
+"""The Snakemake workflow: thin rules over the CLI, validated config, and a bad
+slide that fails only its own jobs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from conftest import REPO, fixture_path
+
+from multimag.svs_writer import write_svs
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run the workflow on the embedded config, with ``config`` merged over it."""
+    configfiles = [str(REPO / "config.yaml")]
+    if config:
+        extra = workdir / "override.yaml"
+        extra.write_text(yaml.safe_dump(config))
+        configfiles.append(str(extra))
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", *configfiles,
+           "--cores", "2", *args]
+    env = {**os.environ,
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def _tissue_slide(path: Path, seed: int, mpp: float | None = 0.25) -> None:
+    rng = np.random.default_rng(seed)
+    img = np.full((1200, 1500, 3), 245, np.uint8)
+    img[200:1000, 250:1250] = (200, 120, 180)
+    img[200:1000, 250:1250] -= rng.integers(0, 40, (800, 1000, 1), dtype=np.uint8)
+    write_svs(path, img, mpp=mpp, app_mag=40, tile=256)
+
+
+@pytest.fixture()
+def small_cohort(tmp_path) -> Path:
+    slides = tmp_path / "cohort"
+    slides.mkdir()
+    _tissue_slide(slides / "good1.svs", 1)
+    _tissue_slide(slides / "good2.svs", 2, mpp=None)
+    shutil.copy(fixture_path("real", "broken.svs"), slides / "bad.svs")
+    (slides / "samples.tsv").write_text(
+        "slide_id\tpatient_id\tpath\tannotation\tmpp\tslide_label\n"
+        "good1\tP1\tgood1.svs\t\t\t\n"
+        "good2\tP2\tgood2.svs\t\t0.25\t\n"
+        "bad\tP3\tbad.svs\t\t\t\n")
+    return slides / "samples.tsv"
+
+
+def test_bad_slide_fails_only_its_own_jobs(tmp_path, small_cohort):
+    res = snakemake(tmp_path, "--keep-going", "all",
+                    config={"samples": str(small_cohort), "magnifications": [10, 5],
+                            "patch_px": 64})
+    assert res.returncode != 0
+    out = tmp_path / "results"
+    for good in ("good1", "good2"):
+        store = zarr.open_group(out / "stores" / f"{good}.zarr", mode="r")
+        assert store["mag_10x"].shape[0] > 0
+        assert (out / "qc" / f"{good}.png").exists()
+    assert zarr.open_group(out / "stores" / "good2.zarr").attrs["mpp_source"] == "override"
+    assert not (out / "stores" / "bad.zarr").exists()
+    log = (out / "logs" / "tissue" / "bad.log").read_text().strip().splitlines()
+    assert "bad.svs" in log[-1] and "Fix:" in log[-1]
+
+
+def test_config_typo_stops_the_run_naming_the_key(tmp_path, small_cohort):
+    res = snakemake(tmp_path, "-n", "all", config={"samples": str(small_cohort), "patchpx": 64})
+    assert res.returncode != 0
+    assert "patchpx" in res.stdout + res.stderr
+
+
+def test_samples_error_is_clear(tmp_path):
+    tsv = tmp_path / "samples.tsv"
+    tsv.write_text("slide_id\tpath\na\ta.svs\n")
+    res = snakemake(tmp_path, "-n", "all", config={"samples": str(tsv)})
+    assert res.returncode != 0
+    assert "missing column(s) patient_id" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """`snakemake all` on the embedded default config: demo cohort -> stores + QC."""
+    res = snakemake(tmp_path, "all")
+    assert res.returncode == 0, res.stderr[-3000:]
+    from multimag.samples import load_samples
+
+    samples = load_samples(tmp_path / "demo" / "samples.tsv")
+    assert len(samples) >= 8 and samples["patient_id"].nunique() >= 4
+    for slide_id in samples.index:
+        store = zarr.open_group(tmp_path / "results" / "stores" / f"{slide_id}.zarr", mode="r")
+        assert store.attrs["slide_id"] == slide_id
+        n = store["centers"].shape[0]
+        assert n > 20, slide_id
+        for m in ("20x", "10x", "5x", "2.5x"):
+            assert store[f"mag_{m}"].shape == (n, 64, 64, 3)
+        assert (tmp_path / "results" / "qc" / f"{slide_id}.png").stat().st_size > 1000
+    # nothing left to do: a second run is a no-op
+    again = snakemake(tmp_path, "-n", "all")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,54 @@
+# Configuration, samples and paths. No logic beyond wiring: the checks live in
+# the multimag package, which the CLI steps use too.
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from multimag.samples import load_samples
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+OUT = config["outdir"]
+DEMO_SAMPLES = str(Path(config["demo"]["outdir"]) / "samples.tsv")
+IS_DEMO = Path(config["samples"]) == Path(DEMO_SAMPLES)
+
+# The resolved config every step reads: rewritten only when it changes, so that
+# a changed parameter re-runs exactly the jobs that read it.
+RESOLVED_CONFIG = f"{OUT}/config.resolved.yaml"
+_text = yaml.safe_dump(config, sort_keys=True)
+_path = Path(RESOLVED_CONFIG)
+if not _path.exists() or _path.read_text() != _text:
+    _path.parent.mkdir(parents=True, exist_ok=True)
+    _path.write_text(_text)
+
+
+def samples():
+    """The samples table; in demo mode only after the demo checkpoint ran."""
+    if IS_DEMO:
+        checkpoints.demo.get()
+    return load_samples(config["samples"])
+
+
+def sample(slide):
+    return samples().loc[slide]
+
+
+def slide_path(wildcards):
+    return sample(wildcards.slide)["path"]
+
+
+def mpp_option(wildcards):
+    mpp = sample(wildcards.slide)["mpp"]
+    return "" if mpp is None else f"--mpp {mpp}"
+
+
+def patient_of(wildcards):
+    return sample(wildcards.slide)["patient_id"]
+
+
+def all_outputs(wildcards):
+    slides = samples().index
+    return expand(f"{OUT}/stores/{{slide}}.zarr", slide=slides) + expand(
+        f"{OUT}/qc/{{slide}}.png", slide=slides
+    )

@@ -1,0 +1,22 @@
+rule tissue:
+    input:
+        slide=slide_path,
+        config=RESOLVED_CONFIG,
+    output:
+        mask=f"{OUT}/tissue/{{slide}}.npz",
+        qc=report(
+            f"{OUT}/qc/{{slide}}.png",
+            caption="../report/tissue_qc.rst",
+            category="Tiling QC",
+            labels={"slide": "{slide}"},
+        ),
+    params:
+        mpp=mpp_option,
+    log:
+        f"{OUT}/logs/tissue/{{slide}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "multimag tissue {input.slide:q} {output.mask:q} --slide-id {wildcards.slide} "
+        "{params.mpp} --config {input.config:q} --qc {output.qc:q} > {log} 2>&1"
