@@ -37,7 +37,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ import shapely
 import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
+from scipy.special import ndtri
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
@@ -65,15 +66,17 @@ MASK_DOWNSAMPLE = 4      # raster mask pixel = 4x4 level-0 pixels
 BACKGROUND_RGB = 245.0   # glass
 TUMOUR_CLASS = "Tumor"
 EXCLUSION_GROUP = "Exclusion"
+TUMOUR_SPACING_UM = 16.5  # hexagonal grid of tumour nuclei (before jitter, 6 % dropped)
+NORMAL_DENSITY = 0.0016   # normal nuclei per um^2 (Poisson)
 SAMPLES_COLUMNS = ("slide_id", "patient_id", "path", "annotation", "mpp", "slide_label")
 
 # RGB anchors (float) of the stains, linear mixing in RGB
-_STROMA_PALE = np.array([240.0, 214.0, 228.0], np.float32)
-_STROMA_DENSE = np.array([198.0, 100.0, 156.0], np.float32)
-_TUMOUR_PALE = np.array([246.0, 214.0, 234.0], np.float32)
-_TUMOUR_DENSE = np.array([222.0, 150.0, 198.0], np.float32)
-_NUC_LIGHT = np.array([165.0, 122.0, 192.0], np.float32)
-_NUC_DARK = np.array([52.0, 24.0, 102.0], np.float32)
+_STROMA_PALE = np.array([226.0, 200.0, 220.0], np.float32)
+_STROMA_DENSE = np.array([166.0, 84.0, 136.0], np.float32)
+_TUMOUR_PALE = np.array([250.0, 214.0, 226.0], np.float32)
+_TUMOUR_DENSE = np.array([216.0, 102.0, 132.0], np.float32)
+_NUC_LIGHT = np.array([188.0, 142.0, 206.0], np.float32)
+_NUC_DARK = np.array([78.0, 44.0, 128.0], np.float32)
 
 
 @dataclass(frozen=True)
@@ -241,50 +244,63 @@ def _random_points_in(rng: np.random.Generator, poly: Polygon, n: int) -> np.nda
 
 def _place_region(rng: np.random.Generator, avail: Polygon, want: float, hole: bool,
                   min_area: float) -> Polygon | None:
-    """One irregular tumour polygon of at most ``want`` um^2 inside ``avail``.
+    """One irregular tumour polygon of ~``want`` um^2 inside ``avail``.
 
-    The centre is the roomiest of a few random points; the outline is the
-    largest scaling (up to the wanted area) of a random star that still fits.
+    A random smooth star around the roomiest of a few random points, scaled to
+    the wanted area; where it would leave ``avail`` it is clipped to it (like an
+    outline drawn along the tissue edge). Optionally with a normal island.
     """
     if avail.is_empty or avail.area < min_area:
         return None
+    want = min(want, 0.8 * avail.area)
     pts = _random_points_in(rng, avail, 48)
     if len(pts) == 0:
         return None
     room = shapely.distance(avail.boundary, shapely.points(pts))
     centre = pts[int(rng.choice(np.argsort(room)[-4:]))]
-    th, r = _unit_star(rng, 80, range(2, 6), 0.38, jitter=0.05)
-    aspect = rng.uniform(0.6, 1.0)
+    th, r = _unit_star(rng, 96, range(2, 6), 0.32, jitter=0.04)
+    aspect = rng.uniform(0.65, 1.0)
     rot = rng.uniform(0, np.pi)
     x, y = r * np.cos(th), aspect * r * np.sin(th)
     unit = np.stack([x * np.cos(rot) - y * np.sin(rot), x * np.sin(rot) + y * np.cos(rot)], 1)
     hole_frac = rng.uniform(0.08, 0.15) if hole else 0.0
-    hth, hr = _unit_star(rng, 48, range(2, 5), 0.25, jitter=0.04)
-    hunit = np.stack([hr * np.cos(hth), hr * np.sin(hth)], 1)
+    ext_want = want / (1 - hole_frac)
 
-    def fits(scale: float) -> bool:
-        return bool(avail.contains(Polygon(unit * scale + centre)))
+    def clipped(scale: float) -> Polygon:
+        star = Polygon(unit * scale + centre)
+        if avail.contains(star):
+            return star
+        piece = star.intersection(avail)
+        parts = [g for g in getattr(piece, "geoms", [piece]) if isinstance(g, Polygon)]
+        if not parts:
+            return Polygon()
+        best = max(parts, key=lambda g: g.area)
+        return Polygon(best.exterior)   # the star is simple, so is the clipped outline
 
-    s_want = math.sqrt(want / (1 - hole_frac) / _shoelace(unit))
-    s = s_want
-    if not fits(s):
-        lo, hi = 0.0, s_want
-        for _ in range(14):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        s = lo
-    ext = Polygon(unit * s + centre)
-    if ext.area * (1 - hole_frac) < min_area or not ext.is_valid:
+    lo, hi = 0.0, 3.0 * math.sqrt(ext_want / _shoelace(unit))
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if clipped(mid).area < ext_want else (lo, mid)
+    ext = clipped(lo)
+    ext = shapely.simplify(ext, 0.05, preserve_topology=True)
+    if ext.is_empty or not ext.is_valid or ext.area * (1 - hole_frac) < min_area:
         return None
     if hole:
-        # a normal island: star-shaped about the same centre, within the disc that
-        # the (star-shaped) exterior certainly contains
-        dmin = shapely.Point(centre).distance(ext.exterior)
-        hs = min(math.sqrt(hole_frac * ext.area / _shoelace(hunit)), 0.7 * dmin)
-        if hs > 15.0:
-            poly = Polygon(unit * s + centre, [hunit * hs + centre])
-            if poly.is_valid:
-                return poly
+        # a normal island: a small star around the roomiest interior point
+        inner = ext.buffer(-20.0)
+        if not inner.is_empty:
+            cands = _random_points_in(rng, inner, 32)
+            if len(cands):
+                dist = shapely.distance(ext.exterior, shapely.points(cands))
+                hc = cands[int(np.argmax(dist))]
+                hth, hr = _unit_star(rng, 48, range(2, 5), 0.25, jitter=0.04)
+                hunit = np.stack([hr * np.cos(hth), hr * np.sin(hth)], 1)
+                hs = min(math.sqrt(hole_frac * ext.area / _shoelace(hunit)),
+                         0.7 * float(dist.max()))
+                if hs > 12.0:
+                    poly = Polygon(ext.exterior.coords, [hunit * hs + hc])
+                    if poly.is_valid and ext.contains(Polygon(hunit * hs + hc)):
+                        return poly
     return ext
 
 
@@ -301,8 +317,13 @@ def _tumour_regions(rng: np.random.Generator, blobs: list[Polygon], frac: float,
     wants = list(shares * target)
     while wants and len(regions) < 3:
         want = wants.pop(0)
-        hole = (force_hole and not regions) or bool(rng.random() < 0.2)
+        forced = force_hole and not regions
+        hole = forced or bool(rng.random() < 0.2)
         poly = _place_region(rng, avail, want, hole, min_area)
+        for _ in range(8 if forced else 0):   # a forced island must exist
+            if poly is not None and len(poly.interiors):
+                break
+            poly = _place_region(rng, avail, want, hole, min_area)
         if poly is None:
             continue
         regions.append(poly)
@@ -314,12 +335,19 @@ def _tumour_regions(rng: np.random.Generator, blobs: list[Polygon], frac: float,
 
 
 def _to_pixels(poly: Polygon, mpp: float) -> Polygon:
-    """um -> level-0 px, rounded to 0.01 px (the exact coordinates written to disk)."""
-    ext = np.round(np.asarray(poly.exterior.coords) / mpp, 2)
-    holes = [np.round(np.asarray(r.coords) / mpp, 2) for r in poly.interiors]
-    out = orient(Polygon(ext, holes), sign=1.0)
-    if not out.is_valid:  # never seen: rounding 0.005 px cannot fold these outlines
-        raise RuntimeError("demo polygon became invalid after rounding")
+    """um -> level-0 px on a 0.01 px grid (the exact coordinates written to disk).
+
+    Snapping goes through ``shapely.set_precision``, which keeps the outline
+    valid (a rounding that would fold a thin spike removes it instead).
+    """
+    px = shapely.transform(poly, lambda xy: xy / mpp)
+    snapped = shapely.set_precision(px, 0.01)
+    parts = [g for g in getattr(snapped, "geoms", [snapped]) if isinstance(g, Polygon)]
+    best = max(parts, key=lambda g: g.area)
+    out = orient(Polygon(np.round(np.asarray(best.exterior.coords), 2),
+                         [np.round(np.asarray(r.coords), 2) for r in best.interiors]), sign=1.0)
+    if not out.is_valid:
+        raise RuntimeError("demo polygon became invalid on the 0.01 px grid")
     return out
 
 
@@ -343,7 +371,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
     coarse /= coarse.std() + 1e-6
     box = (2.0, 2.0, 2.0 + w * mpp / cell, 2.0 + h * mpp / cell)
     img = Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(img, np.float32)
+    return np.array(img, np.float32)
 
 
 def _stamp_nuclei(alpha: np.ndarray, dark: np.ndarray, cx: np.ndarray, cy: np.ndarray,
@@ -395,7 +423,7 @@ def _nuclei_params(rng: np.random.Generator, xy: np.ndarray, kind: str, mpp: flo
     if kind == "normal":   # small oval, 6-8 um, along the fibres
         a_um = rng.uniform(3.2, 4.2, n)
         b_um = a_um * rng.uniform(0.55, 0.85, n)
-        rot = orient_at + np.pi / 2 + rng.normal(0, 0.3, n)
+        rot = orient_at + rng.normal(0, 0.35, n)
         harm = rng.uniform(0, 0.04, (n, 2))
         darkness = rng.uniform(0.55, 0.75, n)
         vesicular = np.zeros(n)
@@ -404,8 +432,8 @@ def _nuclei_params(rng: np.random.Generator, xy: np.ndarray, kind: str, mpp: flo
         b_um = a_um * rng.uniform(0.7, 1.0, n)
         rot = rng.uniform(0, np.pi, n)
         harm = rng.uniform(0, 1, (n, 3)) * np.array([0.14, 0.09, 0.06])
-        darkness = rng.uniform(0.62, 1.0, n)
-        vesicular = (rng.random(n) < 0.4).astype(float) * rng.uniform(0.6, 1.0, n)
+        darkness = rng.uniform(0.6, 1.0, n)
+        vesicular = (rng.random(n) < 0.6).astype(float) * rng.uniform(0.6, 1.0, n)
     phase = rng.uniform(0, 2 * np.pi, harm.shape)
     return dict(cx=xy[:, 0].astype(np.float64), cy=xy[:, 1].astype(np.float64),
                 a=(a_um / mpp).astype(f32), b=(b_um / mpp).astype(f32), rot=rot.astype(f32),
@@ -413,50 +441,78 @@ def _nuclei_params(rng: np.random.Generator, xy: np.ndarray, kind: str, mpp: flo
                 vesicular=vesicular.astype(f32))
 
 
-def _render(rng: np.random.Generator, spec: DemoSlide, tissue: np.ndarray,
-            tumour: np.ndarray) -> np.ndarray:
-    """The (H, W, 3) uint8 H&E-like image for the given level-0 masks."""
+def _oriented_texture(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
+                      angle: float, along_um: float = 9.0, across_um: float = 0.9) -> np.ndarray:
+    """Unit-variance streaky noise (fibres) running at ``angle``, at full resolution.
+
+    Anisotropic Gaussian-filtered noise on a rotated physical grid (2 um along x
+    0.5 um across), sampled onto the slide's pixels by one bilinear affine warp.
+    """
+    h, w = shape
+    ca, cc = 2.0, 0.5
+    diag = math.hypot(h * mpp, w * mpp) + 20.0
+    nx, ny = int(diag / ca) + 2, int(diag / cc) + 2
+    tex = rng.standard_normal((ny, nx)).astype(np.float32)
+    tex = ndi.gaussian_filter(tex, (across_um / cc, along_um / ca), mode="wrap", truncate=3.0)
+    tex /= tex.std() + 1e-6
+    cs, sn = math.cos(angle), math.sin(angle)
+    xc, yc = w * mpp / 2, h * mpp / 2
+    # output pixel (x, y) -> physical (x * mpp - xc, y * mpp - yc) -> rotated -> texture cell
+    data = (cs * mpp / ca, sn * mpp / ca, (-cs * xc - sn * yc) / ca + nx / 2,
+            -sn * mpp / cc, cs * mpp / cc, (sn * xc - cs * yc) / cc + ny / 2)
+    img = Image.fromarray(tex, mode="F").transform((w, h), Image.Transform.AFFINE, data,
+                                                   resample=Image.Resampling.BILINEAR)
+    return np.array(img, np.float32)
+
+
+def _stroma_t(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
+              ang: float) -> np.ndarray:
+    """Eosin density (0 pale .. 1 dense) of normal stroma: fibre bundles, loose areas.
+
+    Fibres run mostly at ``ang`` (radians, image x towards y), partly at a second angle.
+    """
+    f1 = _oriented_texture(rng, shape, mpp, ang)
+    f2 = _oriented_texture(rng, shape, mpp, ang + rng.uniform(0.6, 1.2))
+    mix = np.clip(0.5 + 0.6 * _smooth_field(rng, shape, mpp, 60.0), 0, 1)
+    fib = f1 * mix + f2 * (1 - mix)
+    del f1, f2, mix
+    fib = np.clip(fib - 0.2, 0, None)
+    loose = _smooth_field(rng, shape, mpp, 25.0)
+    t = 0.42 + 0.32 * fib - 0.25 * np.clip(loose - 0.6, 0, 1)
+    return np.clip(t, 0, 1, out=t)
+
+
+def _upsample(field: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Bilinear resize of a coarse grid whose cell k covers full pixels [k*f, (k+1)*f)."""
+    if factor == 1:
+        return np.array(field[: shape[0], : shape[1]], np.float32)
+    h, w = shape
+    img = Image.fromarray(np.ascontiguousarray(field, np.float32), mode="F")
+    img = img.resize((w, h), Image.Resampling.BILINEAR, box=(0, 0, w / factor, h / factor))
+    return np.array(img, np.float32)
+
+
+# random bytes -> N(0, 1) quantiles: Gaussian-like sensor noise ~20x cheaper than
+# standard_normal on (H, W, 3)
+_NOISE_LUT = ndtri((np.arange(256) + 0.5) / 256).astype(np.float32)
+
+
+def _nuclei_maps(rng: np.random.Generator, tissue: np.ndarray, tumour: np.ndarray,
+                 mpp: float, fibre_angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nuclear opacity (0..1) and darkness (0..1) maps."""
     h, w = tissue.shape
-    mpp = spec.mpp
-    shape = (h, w)
-    f32 = np.float32
-
-    # --- stroma: wavy eosinophilic fibres with loose (pale) areas
-    theta = _smooth_field(rng, shape, mpp, 150.0) * 0.9
-    wobble = _smooth_field(rng, shape, mpp, 12.0) * 2.2
-    ampf = _smooth_field(rng, shape, mpp, 7.0)
-    loose = _smooth_field(rng, shape, mpp, 30.0)
-    xs = ((np.arange(w, dtype=f32) + 0.5) * mpp)[None, :]
-    ys = ((np.arange(h, dtype=f32) + 0.5) * mpp)[:, None]
-    u = xs * np.cos(theta) + ys * np.sin(theta)
-    fib = 0.5 + 0.5 * np.sin(u * f32(2 * np.pi / 4.5) + wobble)
-    fib *= fib
-    fib *= np.clip(0.55 + 0.45 * ampf, 0, 1)
-    t = 0.38 + 0.6 * fib - 0.3 * np.clip(loose - 0.7, 0, 1)
-    del u, wobble, ampf, fib
-    gran = _smooth_field(rng, shape, mpp, 1.5)
-    t_tum = 0.32 + 0.10 * gran
-    t = np.where(tumour, t_tum, t)
-    del t_tum
-    pale = np.where(tumour[..., None], _TUMOUR_PALE, _STROMA_PALE)
-    dense = np.where(tumour[..., None], _TUMOUR_DENSE, _STROMA_DENSE)
-    bg = pale + t[..., None] * (dense - pale)
-    del pale, dense, t
-
-    # --- nuclei
-    alpha = np.zeros(shape, f32)
-    dark = np.zeros(shape, f32)
-    edge_px = 0.45 / mpp
-    normal_area = w * h * mpp * mpp
-    ncand = rng.poisson(0.0016 * normal_area)
-    pts = rng.uniform([0, 0], [w, h], size=(ncand, 2))
+    alpha = np.zeros((h, w), np.float32)
+    dark = np.zeros((h, w), np.float32)
+    edge_px = 0.6 / mpp
+    # normal: sparse Poisson, ~0.0016 per um^2
+    pts = rng.uniform([0, 0], [w, h], size=(rng.poisson(NORMAL_DENSITY * w * h * mpp * mpp), 2))
     pi_, pj = pts[:, 1].astype(np.int64), pts[:, 0].astype(np.int64)
     keep = tissue[pi_, pj] & ~tumour[pi_, pj]
-    pts = pts[keep]
-    nn = _nuclei_params(rng, pts, "normal", mpp, theta[pi_[keep], pj[keep]])
+    nn = _nuclei_params(rng, pts[keep], "normal", mpp, np.full(int(keep.sum()), fibre_angle))
     _stamp_nuclei(alpha, dark, edge_px=edge_px, **nn)
     if tumour.any():
-        sp = 12.0 / mpp  # hexagonal grid of crowded cells, jittered
+        # tumour: crowded jittered hexagonal grid
+        sp = TUMOUR_SPACING_UM / mpp
         rows = np.nonzero(tumour.any(1))[0]
         cols = np.nonzero(tumour.any(0))[0]
         gy = np.arange(rows[0], rows[-1] + sp, sp * math.sqrt(3) / 2)
@@ -464,38 +520,84 @@ def _render(rng: np.random.Generator, spec: DemoSlide, tissue: np.ndarray,
         gxx, gyy = np.meshgrid(gx, gy)
         gxx = gxx + (np.arange(len(gy)) % 2 * sp / 2)[:, None]
         tp = np.stack([gxx.ravel(), gyy.ravel()], 1)
-        tp += rng.uniform(-0.35, 0.35, tp.shape) * sp
+        tp += rng.uniform(-0.3, 0.3, tp.shape) * sp
         tp = tp[(tp[:, 0] >= 0) & (tp[:, 0] < w) & (tp[:, 1] >= 0) & (tp[:, 1] < h)]
         ti, tj = tp[:, 1].astype(np.int64), tp[:, 0].astype(np.int64)
-        keep = tumour[ti, tj] & (rng.random(len(tp)) > 0.08)
+        keep = tumour[ti, tj] & (rng.random(len(tp)) > 0.06)
         tn = _nuclei_params(rng, tp[keep], "tumour", mpp, np.zeros(int(keep.sum())))
         _stamp_nuclei(alpha, dark, edge_px=edge_px, **tn)
-    del theta
-    chrom = _smooth_field(rng, shape, mpp, 1.2)
-    dpix = np.clip(dark / np.maximum(alpha, 1e-3) * (1 + 0.12 * chrom), 0, 1)
+    return alpha, dark
+
+
+def _render(rng: np.random.Generator, spec: DemoSlide, tissue: np.ndarray,
+            tumour: np.ndarray) -> np.ndarray:
+    """The (H, W, 3) uint8 H&E-like image for the given level-0 masks.
+
+    Smooth fields (stroma, cytoplasm, chromatin) are computed on a 0.5 um grid
+    and resampled; nuclei are drawn at full resolution; colours are composed
+    one channel at a time, in place, to keep memory traffic low.
+    """
+    h, w = tissue.shape
+    mpp = spec.mpp
+    f32 = np.float32
+    g = max(1, round(0.5 / mpp))          # coarse grid factor (2 at 40x, 1 at 20x)
+    cshape = (-(-h // g), -(-w // g))
+    cmpp = mpp * g
+
+    # eosin density: fibrous stroma (normal) or pale granular cytoplasm (tumour)
+    fibre_angle = rng.uniform(0, np.pi)
+    t = _stroma_t(rng, cshape, cmpp, fibre_angle)
+    gran = _smooth_field(rng, cshape, cmpp, 1.5)
+    t = np.where(tumour[::g, ::g], f32(0.32) + f32(0.08) * gran, t)
+    t = _upsample(t, (h, w), g)
+    chrom = _upsample(_smooth_field(rng, cshape, cmpp, 1.2), (h, w), g)
+    del gran
+
+    alpha, dark = _nuclei_maps(rng, tissue, tumour, mpp, fibre_angle)
+    # per-pixel nuclear darkness, with chromatin texture
+    dpix = np.maximum(alpha, f32(1e-3))
+    np.divide(dark, dpix, out=dpix)
+    chrom *= f32(0.12)
+    chrom += f32(1)
+    dpix *= chrom
+    np.clip(dpix, 0, 1, out=dpix)
     del chrom, dark
-    nuc = _NUC_LIGHT + dpix[..., None] * (_NUC_DARK - _NUC_LIGHT)
-    del dpix
-    a3 = alpha[..., None]
-    img = bg * (1 - a3) + nuc * a3
-    del bg, nuc
 
-    # --- make tumour and normal tissue equal in mean colour (texture must tell them apart)
     normal = tissue & ~tumour
-    if tumour.any() and normal.any():
-        wts = 1 - alpha[tumour]
-        delta = (img[normal].mean(0) - img[tumour].mean(0)) / max(float(wts.mean()), 1e-3)
-        img[tumour] += wts[:, None] * delta[None, :].astype(f32)
-    del alpha, a3
-
-    # --- glass, slight optical blur, sensor noise
-    glass = BACKGROUND_RGB + 1.2 * _smooth_field(rng, shape, mpp, 200.0)
-    img = np.where(tissue[..., None], img, glass[..., None])
-    sigma = 0.3 / mpp
-    img = ndi.gaussian_filter(img, (sigma, sigma, 0), truncate=3.0)
-    img += rng.standard_normal(img.shape, dtype=f32) * f32(2.0)
-    np.clip(img + 0.5, 0, 255, out=img)
-    return img.astype(np.uint8)
+    calibrate = bool(tumour.any() and normal.any())
+    if calibrate:
+        wts = (1 - alpha) * tumour
+        wmean = max(float(wts.mean(where=tumour)), 1e-3)
+    edge = ndi.gaussian_filter(tissue.astype(f32), 0.5 / mpp, truncate=3.0)
+    noise = rng.bytes(3 * h * w)
+    out = np.empty((h, w, 3), np.uint8)
+    ch = np.empty((h, w), f32)
+    tmp = np.empty((h, w), f32)
+    for c in range(3):
+        # background colour: pale + t * (dense - pale) of the pixel's class
+        np.multiply(t, _STROMA_DENSE[c] - _STROMA_PALE[c], out=ch)
+        ch += _STROMA_PALE[c]
+        np.multiply(t, _TUMOUR_DENSE[c] - _TUMOUR_PALE[c], out=tmp)
+        tmp += _TUMOUR_PALE[c]
+        np.copyto(ch, tmp, where=tumour)
+        # nuclei over it: ch += alpha * (nucleus - ch)
+        np.multiply(dpix, _NUC_DARK[c] - _NUC_LIGHT[c], out=tmp)
+        tmp += _NUC_LIGHT[c]
+        tmp -= ch
+        tmp *= alpha
+        ch += tmp
+        if calibrate:  # same mean colour in tumour and normal tissue
+            delta = (ch.mean(where=normal) - ch.mean(where=tumour)) / wmean
+            np.multiply(wts, f32(delta), out=tmp)
+            ch += tmp
+        # glass around the tissue, soft edge, sensor noise
+        ch -= f32(BACKGROUND_RGB)
+        ch *= edge
+        ch += f32(BACKGROUND_RGB + 0.5)
+        ch += _NOISE_LUT[np.frombuffer(noise, np.uint8, h * w, c * h * w).reshape(h, w)] * 2
+        np.clip(ch, 0, 255, out=ch)
+        out[..., c] = ch
+    return out
 
 
 # --------------------------------------------------------------------------- files
@@ -565,8 +667,8 @@ def _write_mask(path: Path, tumour: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _make_slide(outdir: Path, spec: DemoSlide, seed: int) -> tuple[float, float]:
-    """Render and write one slide and its annotations; returns (tumour, normal) tissue px."""
+def _make_slide(outdir: Path, spec: DemoSlide, seed: int) -> None:
+    """Render and write one slide, its three annotation files and nothing else."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), spec.index]))
     mpp = spec.mpp
     wum, hum = spec.width * mpp, spec.height * mpp
@@ -589,8 +691,6 @@ def _make_slide(outdir: Path, spec: DemoSlide, seed: int) -> tuple[float, float]
     (ann / f"{spec.slide_id}.geojson").write_text(_geojson(regions), encoding="utf-8")
     (ann / f"{spec.slide_id}.xml").write_text(_asap_xml(regions), encoding="utf-8")
     _write_mask(ann / f"{spec.slide_id}_mask.tif", tumour)
-    n_t = float(tumour.sum())
-    return n_t * mpp * mpp, (float(tissue.sum()) - n_t) * mpp * mpp
 
 
 def _readme(specs: list[DemoSlide], seed: int) -> str:
@@ -605,8 +705,8 @@ def _readme(specs: list[DemoSlide], seed: int) -> str:
         f"Generated by `multimag.demo.make_demo_cohort(outdir, seed={seed})`: {len(specs)} "
         f"synthetic H&E-like Aperio SVS slides from {n_pat} patients ({n_tum} tumour-bearing, "
         f"{len(specs) - n_tum} normal; every patient's slides share one label), level 0 at "
-        f"{BASE_MPP} um/px (AppMag 40) with levels at downsample 1/4/16; "
-        + "; ".join(special) + ". "
+        f"{BASE_MPP} um/px (AppMag 40) with levels at downsample 1/4/16"
+        + "".join(f"; {x}" for x in special) + ". "
         "Normal tissue is pink fibrous stroma with sparse small oval nuclei, tumour is crowded "
         "large pleomorphic nuclei on a paler background with the same mean colour. Tumour "
         "regions are given three ways in level-0 pixel coordinates: QuPath GeoJSON "
@@ -625,8 +725,9 @@ def make_demo_cohort(outdir: str | Path, seed: int = 0, *,
 
     ``slide_ids`` restricts generation to some slides (each slide's content
     depends only on ``seed`` and its own id, so a subset is identical to the
-    same slides of the full cohort); ``workers`` is the number of processes
-    (default: up to 2, one per CPU; 1 renders in this process).
+    same slides of the full cohort); ``workers`` is the number of threads
+    rendering slides at once (default: up to 2, one per CPU); the output does
+    not depend on it.
     """
     outdir = Path(outdir)
     seed = int(seed)
@@ -645,14 +746,11 @@ def make_demo_cohort(outdir: str | Path, seed: int = 0, *,
     if workers is None:
         workers = min(2, os.cpu_count() or 1, len(specs))
     if workers > 1 and len(specs) > 1:
-        import multiprocessing as mp
-
-        # heaviest first, alternating, so both workers finish together
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = [pool.submit(_make_slide, outdir, s, seed) for s in specs]
-            for f in futs:
-                f.result()
+        # threads, not processes: numpy / scipy / Pillow / JPEG encoding release
+        # the GIL, and threads need no picklable state or __main__ guard
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(lambda s: _make_slide(outdir, s, seed), specs):
+                pass
     else:
         for s in specs:
             _make_slide(outdir, s, seed)

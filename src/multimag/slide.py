@@ -229,14 +229,20 @@ class TiffSlideSlide(Slide):
             self._ts.close()
             raise SlideFormatError(f"no pyramid series ({exc})", slide=slide_id, path=path,
                                    fix=_fix_for(path)) from exc
-        super().__init__(path, slide_id, dims, _positive_float(props.get("tiffslide.mpp-x")),
-                         _positive_float(props.get("tiffslide.objective-power")), mpp_override)
-        for page, (w, h) in zip(self._pages, dims, strict=True):
-            if (page.imagewidth, page.imagelength) != (w, h) or page.dtype != np.uint8:
-                raise SlideFormatError(
-                    f"unsupported level layout {page.shape} {page.dtype}", slide=slide_id,
-                    path=path, fix="use reader: openslide for this slide")
-        self._check_offsets(path)
+        try:
+            super().__init__(path, slide_id, dims,
+                             _positive_float(props.get("tiffslide.mpp-x")),
+                             _positive_float(props.get("tiffslide.objective-power")),
+                             mpp_override)
+            for page, (w, h) in zip(self._pages, dims, strict=True):
+                if (page.imagewidth, page.imagelength) != (w, h) or page.dtype != np.uint8:
+                    raise SlideFormatError(
+                        f"unsupported level layout {page.shape} {page.dtype}", slide=slide_id,
+                        path=path, fix="use reader: openslide for this slide")
+            self._check_offsets(path)
+        except BaseException:
+            self._ts.close()
+            raise
         self._fd = os.open(path, os.O_RDONLY)
         self._cache = _TileCache(cache_mb * 2**20)
         self._pool = ThreadPoolExecutor(max(1, workers)) if workers > 1 else None

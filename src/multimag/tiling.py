@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from .geometry import (
 )
 from .slide import Slide
 from .store import StoreWriter, source_attrs
-from .tissue import TissueMask, TissueParams, detect_tissue
+from .tissue import TissueMask, TissueParams, detect_tissue, draw_qc
 
 FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -200,8 +200,6 @@ def tile_slide(slide: Slide, out: str | Path, config: TilingConfig, *,
                patient_id: str | None = None, tissue: TissueMask | None = None,
                qc_path: str | Path | None = None, progress: bool | None = None) -> dict:
     """Build ``out`` (a ``.zarr`` store) for an open slide; returns a summary."""
-    from .tissue import draw_qc
-
     if tissue is None:
         tissue = detect_tissue(slide, config.tissue)
     patches = plan_patches(slide, tissue, config)
@@ -250,8 +248,3 @@ def tile_slide(slide: Slide, out: str | Path, config: TilingConfig, *,
     return {"slide_id": slide.slide_id, "store": str(out), "patches": n,
             "candidates": patches.candidates, "magnifications": [p.label for p in patches.plans]}
 
-
-def patch_sets_reference(slide: Slide, plans: Sequence[MagPlan], centers: np.ndarray,
-                         resample: str = "box") -> Callable[[int], list[np.ndarray]]:
-    """Per-patch, cache-free access (for tests and the benchmark baseline)."""
-    return lambda i: [resample_patch(slide, p, *centers[i], resample) for p in plans]

@@ -23,11 +23,17 @@ if not _path.exists() or _path.read_text() != _text:
     _path.write_text(_text)
 
 
+_SAMPLES = {}
+
+
 def samples():
-    """The samples table; in demo mode only after the demo checkpoint ran."""
+    """The samples table (checked by multimag.samples, read once); in demo mode
+    only after the demo checkpoint ran."""
     if IS_DEMO:
         checkpoints.demo.get()
-    return load_samples(config["samples"])
+    if "table" not in _SAMPLES:
+        _SAMPLES["table"] = load_samples(config["samples"])
+    return _SAMPLES["table"]
 
 
 def sample(slide):
