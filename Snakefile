@@ -1,4 +1,5 @@
-# multimag: slides in, co-registered multi-magnification patch stores out.
+# multimag: slides in, co-registered multi-magnification patch stores, labels,
+# patient-level folds and the pair/triplet/magnification-pair indices out.
 # Rules are thin: each calls one `multimag` subcommand (see workflow/rules/).
 from snakemake.utils import min_version
 
@@ -12,6 +13,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tissue.smk"
 include: "workflow/rules/tile.smk"
+include: "workflow/rules/label.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/index.smk"
 
 
 report: "workflow/report/workflow.rst"

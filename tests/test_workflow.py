@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 import zarr
@@ -52,9 +53,9 @@ def small_cohort(tmp_path) -> Path:
     shutil.copy(fixture_path("real", "broken.svs"), slides / "bad.svs")
     (slides / "samples.tsv").write_text(
         "slide_id\tpatient_id\tpath\tannotation\tmpp\tslide_label\n"
-        "good1\tP1\tgood1.svs\t\t\t\n"
-        "good2\tP2\tgood2.svs\t\t0.25\t\n"
-        "bad\tP3\tbad.svs\t\t\t\n")
+        "good1\tP1\tgood1.svs\t\t\ttumour\n"
+        "good2\tP2\tgood2.svs\t\t0.25\tnormal\n"
+        "bad\tP3\tbad.svs\t\t\tnormal\n")
     return slides / "samples.tsv"
 
 
@@ -69,7 +70,11 @@ def test_bad_slide_fails_only_its_own_jobs(tmp_path, small_cohort):
         assert store["mag_10x"].shape[0] > 0
         assert (out / "qc" / f"{good}.png").exists()
     assert zarr.open_group(out / "stores" / "good2.zarr").attrs["mpp_source"] == "override"
+    # the good slides went on to their labels (slide-level labels here)
+    assert set(pd.read_parquet(out / "labels" / "good1.parquet")["label"]) == {1}
+    assert set(pd.read_parquet(out / "labels" / "good2.parquet")["label"]) == {0}
     assert not (out / "stores" / "bad.zarr").exists()
+    assert not (out / "labels" / "bad.parquet").exists()
     log = (out / "logs" / "tissue" / "bad.log").read_text().strip().splitlines()
     assert "bad.svs" in log[-1] and "Fix:" in log[-1]
 
@@ -90,7 +95,8 @@ def test_samples_error_is_clear(tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    """`snakemake all` on the embedded default config: demo cohort -> stores + QC."""
+    """`snakemake all` on the embedded default config: demo cohort -> stores, QC,
+    labels, patient folds and per-fold indices."""
     res = snakemake(tmp_path, "all")
     assert res.returncode == 0, res.stderr[-3000:]
     from multimag.samples import load_samples
@@ -105,6 +111,18 @@ def test_demo_end_to_end(tmp_path):
         for m in ("20x", "10x", "5x", "2.5x"):
             assert store[f"mag_{m}"].shape == (n, 64, 64, 3)
         assert (tmp_path / "results" / "qc" / f"{slide_id}.png").stat().st_size > 1000
+    out = tmp_path / "results"
+    labels = pd.concat([pd.read_parquet(out / "labels" / f"{s}.parquet") for s in samples.index])
+    counts = labels["label"].value_counts()
+    # the demo is built with about 1 tumour : 2 normal
+    assert 0.2 < counts[1] / (counts[1] + counts[0]) < 0.5
+    splits = pd.read_csv(out / "splits.tsv", sep="\t")
+    assert splits.groupby("patient_id")["fold"].nunique().max() == 1
+    for fold in range(5):
+        pairs = pd.read_parquet(out / "indices" / f"fold{fold}" / "pairs.parquet")
+        test_slides = set(splits.loc[splits["fold"] == fold, "slide_id"])
+        assert len(pairs) > 100
+        assert not test_slides & (set(pairs["slide_id_a"]) | set(pairs["slide_id_b"]))
     # nothing left to do: a second run is a no-op
     again = snakemake(tmp_path, "-n", "all")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -86,6 +86,47 @@ def cmd_tile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .labels import label_store, write_labels
+
+    config = load_config(args.config)
+    table = label_store(args.store, annotation=args.annotation, slide_label=args.slide_label,
+                        labels_config=config["labels"])
+    metadata = table.attrs["multimag"]
+    write_labels(table, args.out, {})
+    counts = table["label"].value_counts().to_dict()
+    print(json.dumps({"slide_id": metadata.get("slide_id"), "patches": len(table),
+                      "tumour": int(counts.get(1, 0)), "normal": int(counts.get(0, 0)),
+                      "ambiguous": int(counts.get(-1, 0))}))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from .samples import load_samples
+    from .splits import check_no_leak, make_splits, write_splits
+
+    splits = make_splits(load_samples(args.samples), folds=args.folds, seed=args.seed,
+                         source=args.samples)
+    check_no_leak(splits)
+    write_splits(splits, args.out)
+    print(json.dumps({"slides": len(splits), "patients": int(splits["patient_id"].nunique()),
+                      "folds": args.folds}))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sampling import build_indices
+    from .splits import read_splits
+
+    summary = build_indices(read_splits(args.splits), args.labels_dir, args.out_dir, args.fold,
+                            load_config(args.config))
+    brief = ("fold", "anchors", "training_patches", "warnings")
+    print(json.dumps({k: v for k, v in summary.items() if k in brief}, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -114,7 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_tile)
-    # the parser keeps the order of positionals from _add_slide_options: SLIDE OUT
+
+    p = sub.add_parser("label", help="per-patch labels of one store from its annotation")
+    p.add_argument("store", type=Path, help="patch store (SLIDE.zarr)")
+    p.add_argument("out", type=Path, help="labels table (.parquet)")
+    p.add_argument("--annotation", type=Path, help="GeoJSON, ASAP XML or raster mask TIFF")
+    p.add_argument("--slide-label", choices=["tumour", "normal"],
+                   help="label every patch (slides without annotation, BreakHis style)")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("split", help="patient-level cross-validation folds")
+    p.add_argument("samples", type=Path, help="samples.tsv")
+    p.add_argument("out", type=Path, help="splits.tsv (slide_id, patient_id, fold)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("index", help="pair / triplet / magnification-pair indices of one fold")
+    p.add_argument("splits", type=Path, help="splits.tsv")
+    p.add_argument("labels_dir", type=Path, help="folder of {slide_id}.parquet label tables")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--config", type=Path)
+    p.set_defaults(func=cmd_index)
     return parser
 
 

@@ -163,6 +163,7 @@ class MagPlan:
             "magnification": self.magnification,
             "array": self.array_name,
             "patch_px": self.side,
+            "extent_level0": self.extent,
             "target_mpp": self.target_mpp,
             "level": self.level.index,
             "level_mpp": self.level_mpp,
@@ -266,3 +267,40 @@ def stripe_order(cols: np.ndarray, rows: np.ndarray, stripe_columns: int) -> np.
     """
     stripe = cols // max(1, int(stripe_columns))
     return np.lexsort((cols, rows, stripe))
+
+
+def footprints(centers: np.ndarray, extent: float) -> np.ndarray:
+    """Level-0 boxes ``(x0, y0, x1, y1)`` of patches of side ``extent`` (level-0 px)."""
+    c = np.asarray(centers, np.float64).reshape(-1, 2)
+    return np.concatenate([c - extent / 2, c + extent / 2], axis=1)
+
+
+def mask_fractions(mask: np.ndarray, scale_x: float, scale_y: float, boxes: np.ndarray
+                   ) -> np.ndarray:
+    """Area fraction of each level-0 box covered by a boolean (or 0..1) mask whose
+    pixels are ``scale_x`` x ``scale_y`` level-0 pixels; area-exact.
+
+    The summed-area table of a piecewise-constant mask is piecewise linear along
+    each axis, so bilinear interpolation of it integrates the mask over boxes
+    with fractional edges exactly. Outside the mask counts as 0.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or mask.size == 0:
+        return np.zeros(len(boxes), np.float32)
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), np.float64)
+    sat[1:, 1:] = np.asarray(mask, np.float64).cumsum(0).cumsum(1)
+    bx = boxes / [scale_x, scale_y, scale_x, scale_y]
+    x0, x1 = np.clip(bx[:, 0], 0, w), np.clip(bx[:, 2], 0, w)
+    y0, y1 = np.clip(bx[:, 1], 0, h), np.clip(bx[:, 3], 0, h)
+
+    def integral(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        xi = np.minimum(np.floor(x).astype(np.int64), w - 1)
+        yi = np.minimum(np.floor(y).astype(np.int64), h - 1)
+        fx, fy = x - xi, y - yi
+        return ((1 - fx) * (1 - fy) * sat[yi, xi] + fx * (1 - fy) * sat[yi, xi + 1]
+                + (1 - fx) * fy * sat[yi + 1, xi] + fx * fy * sat[yi + 1, xi + 1])
+
+    inside = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
+    area = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
+    return np.clip(inside / np.maximum(area, 1e-12), 0, 1).astype(np.float32)

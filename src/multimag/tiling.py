@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .geometry import (
     MagPlan,
     Resolution,
+    footprints,
     grid_centers,
     plan_magnifications,
     stripe_order,
@@ -88,17 +89,13 @@ class PatchPlan:
 
     def boxes(self, mag: int = 0) -> np.ndarray:
         """Level-0 footprints ``(x0, y0, x1, y1)`` at one magnification (finest: 0)."""
-        half = self.plans[mag].extent / 2
-        c = self.centers.astype(np.float64)
-        return np.concatenate([c - half, c + half], axis=1).reshape(-1, 4)
+        return footprints(self.centers, self.plans[mag].extent)
 
 
 def plan_patches(slide: Slide, tissue: TissueMask, config: TilingConfig) -> PatchPlan:
     plans = config.plans(slide)
     grid = grid_centers(slide.pyramid, plans[0], config.stride_px)
-    half = plans[0].extent / 2
-    c = grid.centers.astype(np.float64)
-    fractions = tissue.fractions(np.concatenate([c - half, c + half], axis=1))
+    fractions = tissue.fractions(footprints(grid.centers, plans[0].extent))
     keep = fractions >= max(config.min_tissue, _EPS)
     order = stripe_order(grid.cols[keep], grid.rows[keep], config.stripe_columns)
     cols = grid.cols[keep][order]

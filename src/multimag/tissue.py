@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from skimage import color, filters, morphology, segmentation
 
 from .errors import StoreError
+from .geometry import mask_fractions
 from .slide import Slide, reduce_pixels
 
 
@@ -67,32 +68,8 @@ class TissueMask:
                              fix="re-run `multimag tissue` for this slide") from exc
 
     def fractions(self, boxes: np.ndarray) -> np.ndarray:
-        """Tissue fraction of each level-0 box ``(x0, y0, x1, y1)``, area-exact.
-
-        The summed-area table of a piecewise-constant mask is piecewise linear
-        along each axis, so bilinear interpolation of it integrates the mask
-        over boxes with fractional edges exactly.
-        """
-        if len(boxes) == 0:
-            return np.zeros(0, np.float32)
-        h, w = self.mask.shape
-        sat = np.zeros((h + 1, w + 1), np.float64)
-        sat[1:, 1:] = self.mask.astype(np.float64).cumsum(0).cumsum(1)
-        bx = np.asarray(boxes, np.float64) / [self.scale_x, self.scale_y,
-                                               self.scale_x, self.scale_y]
-        x0, x1 = np.clip(bx[:, 0], 0, w), np.clip(bx[:, 2], 0, w)
-        y0, y1 = np.clip(bx[:, 1], 0, h), np.clip(bx[:, 3], 0, h)
-
-        def integral(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            xi, yi = np.minimum(np.floor(x).astype(int), w - 1), np.minimum(
-                np.floor(y).astype(int), h - 1)
-            fx, fy = x - xi, y - yi
-            return ((1 - fx) * (1 - fy) * sat[yi, xi] + fx * (1 - fy) * sat[yi, xi + 1]
-                    + (1 - fx) * fy * sat[yi + 1, xi] + fx * fy * sat[yi + 1, xi + 1])
-
-        inside = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
-        area = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
-        return np.clip(inside / np.maximum(area, 1e-12), 0, 1).astype(np.float32)
+        """Tissue fraction of each level-0 box ``(x0, y0, x1, y1)``, area-exact."""
+        return mask_fractions(self.mask, self.scale_x, self.scale_y, boxes)
 
 
 def render_thumbnail(slide: Slide, target_mpp: float, band_rows: int = 2048

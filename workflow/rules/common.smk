@@ -55,6 +55,9 @@ def patient_of(wildcards):
 
 def all_outputs(wildcards):
     slides = samples().index
-    return expand(f"{OUT}/stores/{{slide}}.zarr", slide=slides) + expand(
-        f"{OUT}/qc/{{slide}}.png", slide=slides
+    return (
+        expand(f"{OUT}/stores/{{slide}}.zarr", slide=slides)
+        + expand(f"{OUT}/qc/{{slide}}.png", slide=slides)
+        + expand(f"{OUT}/labels/{{slide}}.parquet", slide=slides)
+        + expand(f"{OUT}/indices/fold{{fold}}", fold=range(config["split"]["folds"]))
     )

@@ -1,0 +1,269 @@
+"""Patient-level cross-validation folds (rule ``split``).
+
+``make_splits`` assigns every PATIENT to exactly one of ``k`` folds (all slides of
+a patient share its fold), so no patient is ever on both sides of a split.
+
+Stratification: a patient is ``tumour`` when any of its slides has
+``slide_label == "tumour"``, ``normal`` when all its slides are ``normal``, and
+``unknown`` otherwise. When at least two of these strata occur the folds come
+from scikit-learn's ``StratifiedGroupKFold`` (one row per patient, so the
+patient labels, not the slide counts, are balanced; ``unknown`` is a stratum of
+its own, so partially labelled cohorts stay balanced for the labelled part);
+when no patient is labelled (or all share one label) they come from
+``GroupKFold``. Both are shuffled with ``random_state=seed``, and the result
+depends only on the set of patients, their labels, ``folds`` and ``seed``, not
+on the row order of samples.tsv.
+
+Roles of the folds (``fold_roles``): for test fold ``F`` of ``k``
+
+* test       = the slides of fold ``F``;
+* validation = the slides of fold ``(F + 1) % k``;
+* training   = the slides of every other fold.
+
+The validation set is thus a subset drawn from the training patients of the
+plain k-fold split, itself patient-disjoint from training and test and
+stratified like every fold; each fold is the validation set exactly once. This
+needs ``k >= 3`` (with 2 folds nothing would be left to train on).
+
+The splits file is a TSV with the columns ``slide_id``, ``patient_id``, ``fold``
+(integer, 0-based), one row per slide, sorted by ``slide_id``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import MultimagError
+
+COLUMNS = ("slide_id", "patient_id", "fold")
+ROLES = ("train", "val", "test")
+MIN_FOLDS = 3
+
+
+class SplitError(MultimagError):
+    """A splits table (or the samples it is made from) cannot give valid folds."""
+
+
+class LeakError(SplitError):
+    """A patient appears in more than one fold (on both sides of a split)."""
+
+
+def patient_labels(samples: pd.DataFrame) -> pd.Series:
+    """``tumour`` / ``normal`` / ``unknown`` per patient_id (sorted index)."""
+    labels = (samples["slide_label"].fillna("").astype(str)
+              if "slide_label" in samples.columns
+              else pd.Series("", index=samples.index))
+    frame = pd.DataFrame({"patient_id": samples["patient_id"].astype(str).to_numpy(),
+                          "label": labels.to_numpy()})
+    grouped = frame.groupby("patient_id", sort=True)["label"]
+    any_tumour = grouped.agg(lambda s: bool((s == "tumour").any()))
+    all_normal = grouped.agg(lambda s: bool((s == "normal").all()))
+    out = pd.Series("unknown", index=any_tumour.index, name="patient_label")
+    out[all_normal] = "normal"
+    out[any_tumour] = "tumour"
+    return out
+
+
+def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
+                source: str | Path | None = None) -> pd.DataFrame:
+    """One row per slide: ``slide_id, patient_id, fold`` (k-fold by patient).
+
+    ``samples`` is the table of ``multimag.samples.load_samples`` (or any frame
+    with ``slide_id`` and ``patient_id`` columns, ``slide_label`` optional);
+    ``source`` names the file it came from in error messages.
+    """
+    source = str(source) if source is not None else "samples.tsv"
+    samples = _as_columns(samples)
+    missing = [c for c in ("slide_id", "patient_id") if c not in samples.columns]
+    if missing:
+        raise SplitError(f"missing column(s) {', '.join(missing)} in the samples table",
+                         path=source, fix="samples.tsv needs slide_id and patient_id")
+    ids = samples["slide_id"].astype(str)
+    dupes = sorted(ids[ids.duplicated()].unique())
+    if dupes:
+        raise SplitError(f"duplicate slide_id {', '.join(dupes[:5])}", path=source,
+                         fix="give every slide a unique slide_id")
+    empty = ids[(ids == "") | (samples["patient_id"].astype(str) == "")]
+    if len(empty):
+        raise SplitError(f"{len(empty)} row(s) with an empty slide_id or patient_id",
+                         path=source, fix="fill in slide_id and patient_id for every slide")
+    folds = int(folds)
+    if folds < MIN_FOLDS:
+        raise SplitError(f"split.folds = {folds}: with fewer than {MIN_FOLDS} folds no "
+                         "training patients remain once one fold is test and the next "
+                         "one validation", path=source,
+                         fix=f"set split.folds to {MIN_FOLDS} or more")
+    plabels = patient_labels(samples)
+    n_patients = len(plabels)
+    if n_patients < folds:
+        raise SplitError(f"{n_patients} patient(s) for {folds} folds: every fold needs at "
+                         "least one patient", path=source,
+                         fix=f"set split.folds to at most {n_patients} (and at least "
+                         f"{MIN_FOLDS}), or add patients")
+    fold_of = _assign(plabels, folds, int(seed))
+    counts = np.bincount(fold_of, minlength=folds)
+    if (counts == 0).any():  # not expected from scikit-learn; never write such a split
+        raise SplitError(f"fold(s) {np.flatnonzero(counts == 0).tolist()} got no patient",
+                         path=source, fix="use fewer folds or another split.seed")
+    patient_fold = pd.Series(fold_of, index=plabels.index)
+    out = pd.DataFrame({"slide_id": ids.to_numpy(),
+                        "patient_id": samples["patient_id"].astype(str).to_numpy()})
+    out["fold"] = patient_fold.loc[out["patient_id"]].to_numpy().astype(np.int64)
+    out = out.sort_values("slide_id", kind="stable").reset_index(drop=True)
+    check_no_leak(out, source=source)
+    return out
+
+
+def _assign(plabels: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Fold of each patient (in the order of ``plabels``) via scikit-learn."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n = len(plabels)
+    groups = np.arange(n)  # one row per patient: its own group
+    x = np.zeros((n, 1))
+    y = plabels.to_numpy().astype(str)
+    _, per_stratum = np.unique(y, return_counts=True)
+    # stratify where possible: two strata or more, one of them at least `folds` strong
+    # (scikit-learn refuses when every stratum is smaller than the number of folds)
+    if len(per_stratum) >= 2 and per_stratum.max() >= folds:
+        fold_of = _run(StratifiedGroupKFold(n_splits=folds, shuffle=True,
+                                            random_state=seed), x, y, groups)
+        if (np.bincount(fold_of, minlength=folds) > 0).all():
+            return fold_of
+    return _run(GroupKFold(n_splits=folds, shuffle=True, random_state=seed), x, y, groups)
+
+
+def _run(splitter, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    fold_of = np.full(len(groups), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # "The least populated class in y has only k members": expected, not an error
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        for f, (_, test) in enumerate(splitter.split(x, y, groups)):
+            fold_of[test] = f
+    return fold_of
+
+
+def n_folds(splits: pd.DataFrame) -> int:
+    """Number of folds ``k`` (folds are numbered 0 .. k-1)."""
+    return int(splits["fold"].max()) + 1 if len(splits) else 0
+
+
+def check_no_leak(splits: pd.DataFrame, *, source: str | Path | None = None) -> None:
+    """Raise ``LeakError`` when a patient lies in more than one fold.
+
+    Every fold ``F`` is a test set, so a patient in two folds would be on both
+    sides of at least one split (test and train or validation).
+    """
+    source = str(source) if source is not None else "splits"
+    per_patient = splits.groupby(splits["patient_id"].astype(str))["fold"].nunique()
+    leaked = per_patient[per_patient > 1]
+    if len(leaked):
+        first = leaked.index[0]
+        where = sorted(splits.loc[splits["patient_id"].astype(str) == first, "fold"]
+                       .unique().tolist())
+        raise LeakError(f"{len(leaked)} patient(s) in more than one fold, e.g. patient "
+                        f"{first!r} in folds {where}", path=source,
+                        fix="split by patient: all slides of a patient must share one "
+                        "fold (re-run the split rule)")
+
+
+def fold_roles(splits: pd.DataFrame, fold: int) -> dict[str, set[str]]:
+    """Slide ids per role for test fold ``fold``: keys ``train``, ``val``, ``test``."""
+    k = n_folds(splits)
+    if k < MIN_FOLDS:
+        raise SplitError(f"the splits have {k} fold(s); train/val/test roles need at least "
+                         f"{MIN_FOLDS}", fix=f"re-run the split rule with split.folds >= "
+                         f"{MIN_FOLDS}")
+    fold = int(fold)
+    if not 0 <= fold < k:
+        raise SplitError(f"fold {fold} does not exist (the splits have folds 0..{k - 1})",
+                         fix=f"choose a fold between 0 and {k - 1}")
+    check_no_leak(splits)
+    val = (fold + 1) % k
+    f = splits["fold"].to_numpy()
+    ids = splits["slide_id"].astype(str).to_numpy()
+    return {"train": set(ids[(f != fold) & (f != val)]),
+            "val": set(ids[f == val]),
+            "test": set(ids[f == fold])}
+
+
+def write_splits(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write the splits TSV atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    df = _as_columns(df)
+    _validate(df, path)
+    table = df.loc[:, list(COLUMNS)].copy()
+    table["fold"] = table["fold"].astype(np.int64)
+    table = table.sort_values("slide_id", kind="stable")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            table.to_csv(handle, sep="\t", index=False, lineterminator="\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_splits(path: str | Path) -> pd.DataFrame:
+    """Read and validate a splits TSV (columns, fold numbers, no patient leak)."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise SplitError("the splits file does not exist", path=path,
+                         fix="run the split rule (multimag split) first") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SplitError(f"not a tab-separated table ({exc})", path=path,
+                         fix="re-run the split rule") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SplitError(f"missing column(s) {', '.join(missing)}", path=path,
+                         fix=f"a splits file has the columns {', '.join(COLUMNS)}; "
+                         "re-run the split rule")
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    if folds.isna().any() or (folds % 1 != 0).any() or (folds < 0).any():
+        raise SplitError("column fold must hold non-negative integers", path=path,
+                         fix="re-run the split rule")
+    df = df.loc[:, list(COLUMNS)].copy()
+    df["fold"] = folds.astype(np.int64)
+    _validate(df, path)
+    return df.reset_index(drop=True)
+
+
+def _validate(df: pd.DataFrame, path: str | Path) -> None:
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SplitError(f"missing column(s) {', '.join(missing)}", path=path,
+                         fix=f"a splits table has the columns {', '.join(COLUMNS)}")
+    if not len(df):
+        raise SplitError("the splits table is empty", path=path, fix="re-run the split rule")
+    ids = df["slide_id"].astype(str)
+    dupes = sorted(ids[ids.duplicated()].unique())
+    if dupes:
+        raise SplitError(f"duplicate slide_id {', '.join(dupes[:5])}", path=path,
+                         fix="one row per slide; re-run the split rule")
+    if ((ids == "") | (df["patient_id"].astype(str) == "")).any():
+        raise SplitError("empty slide_id or patient_id", path=path, fix="re-run the split rule")
+    present = set(df["fold"].astype(np.int64).unique().tolist())
+    k = max(present) + 1
+    if min(present) < 0 or present != set(range(k)):
+        raise SplitError(f"folds must be numbered 0..k-1 without gaps, found "
+                         f"{sorted(present)}", path=path, fix="re-run the split rule")
+    check_no_leak(df, source=path)
+
+
+def _as_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``slide_id`` as a column even when it is only the index (load_samples keeps both)."""
+    if "slide_id" not in df.columns and df.index.name == "slide_id":
+        return df.reset_index()
+    return df.reset_index(drop=True)

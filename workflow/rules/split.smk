@@ -1,0 +1,13 @@
+rule split:
+    input:
+        samples=config["samples"],
+    output:
+        f"{OUT}/splits.tsv",
+    params:
+        folds=config["split"]["folds"],
+        seed=config["split"]["seed"],
+    log:
+        f"{OUT}/logs/split.log",
+    shell:
+        "multimag split {input.samples:q} {output:q} --folds {params.folds} "
+        "--seed {params.seed} > {log} 2>&1"
