@@ -50,6 +50,7 @@ from scipy.special import ndtri
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
+from .atomic import atomic_path
 from .svs_writer import box_downsample, write_svs
 
 __all__ = [
@@ -660,11 +661,9 @@ def _write_mask(path: Path, tumour: np.ndarray) -> None:
                        "levels_downsample": [MASK_DOWNSAMPLE, MASK_DOWNSAMPLE * 4]})
     kw = dict(tile=(256, 256), compression="zlib", photometric="minisblack", metadata=None,
               software=False)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tifffile.TiffWriter(tmp) as tif:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
         tif.write(m4, subifds=1, description=desc, **kw)
         tif.write(m16, subfiletype=1, **kw)
-    os.replace(tmp, path)
 
 
 def _make_slide(outdir: Path, spec: DemoSlide, seed: int) -> None:

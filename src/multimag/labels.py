@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .annotations import load_annotation
+from .atomic import atomic_path
 from .errors import ConfigError, SamplesError
 from .geometry import MPP_RTOL, footprints, mag_label
 from .store import open_store
@@ -199,13 +199,8 @@ def write_labels(table: pd.DataFrame, out_path: str | Path,
     schema_meta = dict(arrow.schema.metadata or {})
     schema_meta[METADATA_KEY] = json.dumps(meta, default=_json_default).encode()
     arrow = arrow.replace_schema_metadata(schema_meta)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out_path) as tmp:
         pq.write_table(arrow, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 

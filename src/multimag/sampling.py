@@ -70,8 +70,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +79,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path
 from .config import validate_config
 from .errors import ConfigError, MultimagError
 from .splits import LeakError, check_no_leak, fold_roles, n_folds
@@ -530,20 +529,11 @@ def _warnings(val: _Patches, test: _Patches, mags: np.ndarray) -> list[str]:
     return notes
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def _write_text(text: str, path: Path) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -31,14 +31,13 @@ The splits file is a TSV with the columns ``slide_id``, ``patient_id``, ``fold``
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .errors import MultimagError
 
 COLUMNS = ("slide_id", "patient_id", "fold")
@@ -201,15 +200,8 @@ def write_splits(df: pd.DataFrame, path: str | Path) -> Path:
     table = df.loc[:, list(COLUMNS)].copy()
     table["fold"] = table["fold"].astype(np.int64)
     table = table.sort_values("slide_id", kind="stable")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, sep="\t", index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        table.to_csv(handle, sep="\t", index=False, lineterminator="\n")
     return path
 
 

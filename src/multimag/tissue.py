@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import color, filters, morphology, segmentation
 
+from .atomic import atomic_path
 from .errors import StoreError
 from .geometry import mask_fractions
 from .slide import Slide, reduce_pixels
@@ -45,15 +45,11 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, mask=self.mask, thumbnail=self.thumbnail,
                                 scale=np.array([self.scale_x, self.scale_y]),
                                 threshold=np.array(self.threshold),
                                 params=np.array(json.dumps(asdict(self.params))))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> TissueMask:
@@ -121,8 +117,5 @@ def draw_qc(tissue: TissueMask, boxes: np.ndarray, path: str | Path, title: str 
                         x1 / tissue.scale_x - 1, y1 / tissue.scale_y - 1), outline=(30, 60, 220))
     if title:
         draw.text((4, 4), title, fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    pil.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        pil.save(tmp)
