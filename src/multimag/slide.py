@@ -23,10 +23,11 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -98,6 +99,14 @@ class Slide:
     def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
         """Hint: these ``(level, factor, tile_row, tile_col)`` will be needed soon."""
 
+    def reduced_tile_size(self, level: int, factor: int) -> tuple[int, int] | None:
+        """Tile size on the grid of ``level`` reduced by ``factor`` when reduced reads
+        are tile-based, else None."""
+        size = self.tile_size(level)
+        if size is None or size[0] % factor or size[1] % factor:
+            return None
+        return size[0] // factor, size[1] // factor
+
     def tile_size(self, level: int) -> tuple[int, int] | None:
         """(tile height, tile width) of a level when reads are tile-based, else None."""
         return None
@@ -160,13 +169,19 @@ class Slide:
 
 
 def reduce_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Area-average by an integer factor (edge pixels replicated when not divisible)."""
+    """Area-average by an integer factor (rounded); a partial block at the
+    right or bottom edge is the mean of the pixels it has.
+
+    OpenCV's INTER_AREA computes exactly this for whole blocks, about 8x faster
+    than Pillow's ``reduce`` (which the tiler's budget notices); Pillow handles
+    the rare partial edge tile.
+    """
     if factor == 1:
         return pixels
     h, w = pixels.shape[:2]
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    out = np.asarray(image.reduce(factor))
-    return out[: -(-h // factor), : -(-w // factor)]
+    if h % factor == 0 and w % factor == 0:
+        return cv2.resize(pixels, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce(factor))
 
 
 def _positive_float(value: object) -> float | None:
@@ -210,7 +225,7 @@ class TiffSlideSlide(Slide):
     reader = "tiffslide"
 
     def __init__(self, path: Path, slide_id: str, mpp_override: float | None,
-                 workers: int = 2, cache_mb: int = 256) -> None:
+                 workers: int = 2, cache_mb: int = 128) -> None:
         import tifffile
         import tiffslide
 
@@ -246,6 +261,9 @@ class TiffSlideSlide(Slide):
         self._fd = os.open(path, os.O_RDONLY)
         self._cache = _TileCache(cache_mb * 2**20)
         self._pool = ThreadPoolExecutor(max(1, workers)) if workers > 1 else None
+        # (level, tile_row, tile_col) -> decode task; touched by one thread at a time
+        # (the tiler's cutting thread)
+        self._inflight: dict[tuple[int, int, int], Future] = {}
 
     def _check_offsets(self, path: Path) -> None:
         size = path.stat().st_size
@@ -258,7 +276,7 @@ class TiffSlideSlide(Slide):
                     f"but the file has {size}", slide=self.slide_id, path=path,
                     fix=_fix_for(path))
 
-    def tile_size(self, level: int) -> tuple[int, int]:
+    def tile_size(self, level: int) -> tuple[int, int] | None:
         page = self._pages[level]
         if page.is_tiled:
             return page.tilelength, page.tilewidth
@@ -291,28 +309,45 @@ class TiffSlideSlide(Slide):
         self._cache.put(key, tile)
         return tile
 
+    def _load(self, level: int, ty: int, tx: int, factors: frozenset[int]) -> None:
+        """One pool task per source tile: decode it once, reduce it by every factor."""
+        tile = self._decode(level, ty, tx)
+        for f in factors - {1}:
+            self._cache.put((level, f, ty, tx), reduce_pixels(tile, f))
+
     def _tile(self, level: int, factor: int, ty: int, tx: int) -> np.ndarray:
-        if factor == 1:
-            return self._decode(level, ty, tx)
         key = (level, factor, ty, tx)
         tile = self._cache.get(key)
-        if tile is None:
-            tile = reduce_pixels(self._decode(level, ty, tx), factor)
+        if tile is not None:
+            return tile
+        pending = self._inflight.pop((level, ty, tx), None)
+        if pending is not None:
+            pending.result()
+            tile = self._cache.get(key)
+            if tile is not None:
+                return tile
+        tile = self._decode(level, ty, tx)
+        if factor > 1:
+            tile = reduce_pixels(tile, factor)
             self._cache.put(key, tile)
         return tile
 
     def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
-        todo = [t for t in tiles if self._cache.get(t) is None]
-        if not todo:
-            return
-        if self._pool is None:
-            for t in todo:
-                self._tile(*t)
-            return
-        # decode all factor-1 tiles first so reductions of one tile don't decode it twice
-        base = sorted({(lv, 1, ty, tx) for lv, _, ty, tx in todo})
-        list(self._pool.map(lambda t: self._tile(*t), base))
-        list(self._pool.map(lambda t: self._tile(*t), todo))
+        """Queue the decoding (and reduction) of these tiles in the pool and return at
+        once, so that they are decoded while the caller cuts what it already has."""
+        for key in [k for k, f in self._inflight.items() if f.done()]:
+            self._inflight.pop(key).result()  # surface decode errors here
+        jobs: dict[tuple[int, int, int], set[int]] = {}
+        for level, f, ty, tx in tiles:
+            if (level, ty, tx) not in self._inflight and self._cache.get(
+                    (level, f, ty, tx)) is None:
+                jobs.setdefault((level, ty, tx), set()).add(f)
+        for (level, ty, tx), factors in sorted(jobs.items()):
+            if self._pool is None:
+                self._load(level, ty, tx, frozenset(factors))
+            else:
+                self._inflight[(level, ty, tx)] = self._pool.submit(
+                    self._load, level, ty, tx, frozenset(factors))
 
     def _assemble(self, level: int, factor: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         th, tw = self.tile_size(level)
@@ -348,7 +383,7 @@ class TiffSlideSlide(Slide):
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown(cancel_futures=True)
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
@@ -390,7 +425,7 @@ class OpenSlideSlide(Slide):
 
 
 def open_slide(path: str | Path, *, slide_id: str | None = None, reader: str = "tiffslide",
-               mpp: float | None = None, workers: int = 2, cache_mb: int = 256,
+               mpp: float | None = None, workers: int = 2, cache_mb: int = 128,
                test_read: bool = True) -> Slide:
     """Open a slide with the chosen reader, resolve its pixel size, and (by default)
     decode a little of every level so that broken files fail here, clearly."""

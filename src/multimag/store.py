@@ -29,7 +29,7 @@ import shutil
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -101,8 +101,12 @@ class StoreWriter:
         self._encode = _patch_encoder(compression, quality, zstd_level)
         self._pool = pool
         self._pending: deque[Future[list[bytes]]] = deque()
+        # shard files are assembled and written by one thread of their own, so the
+        # caller only ever waits when two shards are already queued for writing
+        self._writer = ThreadPoolExecutor(1)
+        self._writes: deque[Future[None]] = deque()
         self._added = 0
-        self._shards_written = 0
+        self._shards_queued = 0
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,17 +146,27 @@ class StoreWriter:
             self._write_shard(self.per_shard)
 
     def _write_shard(self, count: int) -> None:
-        sets = [self._pending.popleft().result() for _ in range(count)]
-        key = f"c/{self._shards_written}/0/0/0"
+        encoded = [self._pending.popleft() for _ in range(count)]
+        self._writes.append(self._writer.submit(self._write_files, self._shards_queued,
+                                                encoded))
+        self._shards_queued += 1
+        while len(self._writes) > 2:
+            self._writes.popleft().result()
+
+    def _write_files(self, shard: int, encoded: list[Future[list[bytes]]]) -> None:
+        sets = [future.result() for future in encoded]
+        key = f"c/{shard}/0/0/0"
         for m, plan in enumerate(self.plans):
             target = self.tmp / plan.array_name / key
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_shard_bytes([s[m] for s in sets], self.per_shard))
-        self._shards_written += 1
 
     def commit(self, extra_attrs: dict | None = None) -> Path:
         while self._pending:
             self._write_shard(min(self.per_shard, len(self._pending)))
+        while self._writes:
+            self._writes.popleft().result()
+        self._writer.shutdown()
         if self._added != self.n:
             raise StoreError(f"only {self._added} of {self.n} patches were written",
                              path=self.path)
@@ -167,6 +181,8 @@ class StoreWriter:
         for future in self._pending:
             future.cancel()
         self._pending.clear()
+        self._writer.shutdown(cancel_futures=True)  # waits for a write in progress
+        self._writes.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,7 @@ class PatchPlan:
     centers: np.ndarray  # (N, 2) int64
     tissue: np.ndarray  # (N,) float32
     rows: np.ndarray  # (N,) grid row of each patch
+    cols: np.ndarray  # (N,) grid column of each patch
     stripes: np.ndarray  # (N,) stripe of each patch
     candidates: int  # grid cells before the tissue filter
 
@@ -100,23 +101,15 @@ def plan_patches(slide: Slide, tissue: TissueMask, config: TilingConfig) -> Patc
     order = stripe_order(grid.cols[keep], grid.rows[keep], config.stripe_columns)
     cols = grid.cols[keep][order]
     return PatchPlan(plans, grid.centers[keep][order], fractions[keep][order],
-                     grid.rows[keep][order], cols // config.stripe_columns, len(grid.centers))
+                     grid.rows[keep][order], cols, cols // config.stripe_columns,
+                     len(grid.centers))
 
 
 # -- cutting ------------------------------------------------------------------------------
 
-def _aligned(plan: MagPlan, cx: float, cy: float, resample: str) -> tuple[int, int, int] | None:
-    """``(factor, x, y)`` when the patch is a slice of its level reduced by an integer."""
-    if resample != "box":
-        return None
-    f = round(plan.factor_x)
-    if f < 1 or abs(plan.factor_x - f) > _EPS or abs(plan.factor_y - f) > _EPS:
-        return None
-    bx0, by0, _, _ = plan.level_box(cx, cy)
-    x, y = bx0 / f, by0 / f
-    if abs(x - round(x)) > _EPS or abs(y - round(y)) > _EPS:
-        return None
-    return f, round(x), round(y)
+def _margin(plan: MagPlan, resample: str) -> int:
+    """Level pixels the filter reads beyond a patch's footprint."""
+    return math.ceil(_SUPPORT[resample] * max(plan.factor_x, plan.factor_y, 1.0)) + 1
 
 
 def resample_patch(slide: Slide, plan: MagPlan, cx: float, cy: float,
@@ -124,7 +117,7 @@ def resample_patch(slide: Slide, plan: MagPlan, cx: float, cy: float,
     """The exact, general path: read the level region under the patch (plus the
     filter's support) and resample it onto the patch grid with PIL."""
     bx0, by0, bx1, by1 = plan.level_box(cx, cy)
-    margin = math.ceil(_SUPPORT[resample] * max(plan.factor_x, plan.factor_y, 1.0)) + 1
+    margin = _margin(plan, resample)
     x, y = math.floor(bx0) - margin, math.floor(by0) - margin
     w, h = math.ceil(bx1) + margin - x, math.ceil(by1) + margin - y
     region = slide.read(plan.level.index, x, y, w, h)
@@ -133,62 +126,113 @@ def resample_patch(slide: Slide, plan: MagPlan, cx: float, cy: float,
     return np.asarray(image.resize((plan.side, plan.side), FILTERS[resample], box=box))
 
 
-def cut_patch(slide: Slide, plan: MagPlan, cx: float, cy: float, resample: str = "box"
-              ) -> np.ndarray:
-    aligned = _aligned(plan, cx, cy, resample)
-    if aligned is not None:
-        f, x, y = aligned
-        patch = slide.read_reduced(plan.level.index, f, x, y, plan.side, plan.side)
-        if patch is not None:
-            return patch
-    return resample_patch(slide, plan, cx, cy, resample)
+@dataclass(frozen=True)
+class _Band:
+    """Patches of one run that are slices of their level reduced by ``factor``:
+    patch ``j`` is ``[y, y + side) x [xs[j], xs[j] + side)`` on that reduced grid."""
+
+    factor: int
+    y: int
+    xs: np.ndarray
+
+    @property
+    def x0(self) -> int:
+        return int(self.xs.min())
+
+    def width(self, side: int) -> int:
+        return int(self.xs.max()) + side - self.x0
 
 
-def _tiles_for_row(slide: Slide, plans: Sequence[MagPlan], centers: np.ndarray,
-                   resample: str) -> list[tuple[int, int, int, int]]:
-    """Every (level, factor, tile_row, tile_col) one row of patches will touch."""
-    tiles: set[tuple[int, int, int, int]] = set()
-    for plan in plans:
-        size = slide.tile_size(plan.level.index)
+def _band(plan: MagPlan, centers: np.ndarray, resample: str) -> _Band | None:
+    """The run's patches as one band, when they all sit on an integer-reduced grid
+    (box filter, integer factor, footprints on that grid) and share a row."""
+    if resample != "box":
+        return None
+    f = round(plan.factor_x)
+    if f < 1 or abs(plan.factor_x - f) > _EPS or abs(plan.factor_y - f) > _EPS:
+        return None
+    half = plan.extent / 2
+    x = (centers[:, 0] - half) / plan.level.scale_x / f
+    y = (centers[:, 1] - half) / plan.level.scale_y / f
+    xi, yi = np.rint(x), np.rint(y)
+    if np.abs(x - xi).max() > _EPS or np.abs(y - yi).max() > _EPS or (yi != yi[0]).any():
+        return None
+    return _Band(f, int(yi[0]), xi.astype(np.int64))
+
+
+def _run_tiles(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
+               ) -> list[tuple[int, int, int, int]]:
+    """The ``(level, factor, tile_row, tile_col)`` one run of patches needs at ``plan``."""
+    lv = plan.level
+    band = _band(plan, centers, resample)
+    size = slide.reduced_tile_size(lv.index, band.factor) if band else None
+    if band is not None and size is not None:
+        f = band.factor
+        x0, y0 = band.x0, band.y
+        x1, y1 = x0 + band.width(plan.side), y0 + plan.side
+        lim_w, lim_h = -(-lv.width // f), -(-lv.height // f)
+    else:
+        f, size = 1, slide.tile_size(lv.index)
         if size is None:
             return []
-        lv = plan.level
-        for cx, cy in centers:
-            aligned = _aligned(plan, cx, cy, resample)
-            if aligned:
-                f, x, y = aligned
-                th, tw = size[0] // f, size[1] // f
-                x0, y0, x1, y1 = x, y, x + plan.side, y + plan.side
-                lim_w, lim_h = -(-lv.width // f), -(-lv.height // f)
-            else:
-                f, (th, tw) = 1, size
-                bx0, by0, bx1, by1 = plan.level_box(cx, cy)
-                m = math.ceil(_SUPPORT[resample] * max(plan.factor_x, plan.factor_y, 1.0)) + 1
-                x0, y0 = math.floor(bx0) - m, math.floor(by0) - m
-                x1, y1 = math.ceil(bx1) + m, math.ceil(by1) + m
-                lim_w, lim_h = lv.width, lv.height
-            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(lim_w, x1), min(lim_h, y1)
-            for ty in range(y0 // th, (y1 - 1) // th + 1):
-                for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                    tiles.add((lv.index, f, ty, tx))
-    return sorted(tiles)
+        boxes = np.array([plan.level_box(cx, cy) for cx, cy in centers])
+        m = _margin(plan, resample)
+        x0, y0 = math.floor(boxes[:, 0].min()) - m, math.floor(boxes[:, 1].min()) - m
+        x1, y1 = math.ceil(boxes[:, 2].max()) + m, math.ceil(boxes[:, 3].max()) + m
+        lim_w, lim_h = lv.width, lv.height
+    th, tw = size
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(lim_w, x1), min(lim_h, y1)
+    return [(lv.index, f, ty, tx) for ty in range(y0 // th, (y1 - 1) // th + 1)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1)] if x0 < x1 and y0 < y1 else []
 
 
-def iter_patch_sets(slide: Slide, patches: PatchPlan, resample: str = "box"
-                    ) -> Iterator[list[np.ndarray]]:
-    """Patch sets (one array per magnification, finest first) in grid order."""
+def _cut_run(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
+             ) -> list[np.ndarray]:
+    """One run's patches at one magnification: views into one band when aligned."""
+    band = _band(plan, centers, resample)
+    if band is not None:
+        pixels = slide.read_reduced(plan.level.index, band.factor, band.x0, band.y,
+                                    band.width(plan.side), plan.side)
+        if pixels is not None:
+            return [pixels[:, x - band.x0:x - band.x0 + plan.side] for x in band.xs]
+    return [resample_patch(slide, plan, cx, cy, resample) for cx, cy in centers]
+
+
+def _runs(patches: PatchPlan) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run: consecutive grid columns of one row of one stripe."""
     n = len(patches.centers)
     if n == 0:
-        return
-    # boundaries of runs of equal (stripe, row): one prefetch per run
-    key = patches.stripes.astype(np.int64) * (1 << 32) + patches.rows
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    ends = np.r_[starts[1:], n]
-    for start, end in zip(starts, ends, strict=True):
-        row = patches.centers[start:end]
-        slide.prefetch(_tiles_for_row(slide, patches.plans, row, resample))
-        for cx, cy in row:
-            yield [cut_patch(slide, plan, cx, cy, resample) for plan in patches.plans]
+        return []
+    new = np.r_[True, (patches.stripes[1:] != patches.stripes[:-1])
+                | (patches.rows[1:] != patches.rows[:-1])
+                | (patches.cols[1:] != patches.cols[:-1] + 1)]
+    starts = np.flatnonzero(new)
+    return list(zip(starts.tolist(), np.r_[starts[1:], n].tolist(), strict=True))
+
+
+def iter_patch_sets(slide: Slide, patches: PatchPlan, resample: str = "box",
+                    lookahead: int = 3) -> Iterator[list[np.ndarray]]:
+    """Patch sets (one array per magnification, finest first) in grid order.
+
+    The source tiles of the next ``lookahead`` runs are decoded and reduced in
+    the reader's pool while the current run is cut, so the decoders never wait
+    for the cutter.
+    """
+    runs = _runs(patches)
+
+    def tiles(k: int) -> list[tuple[int, int, int, int]]:
+        start, end = runs[k]
+        return [t for plan in patches.plans
+                for t in _run_tiles(slide, plan, patches.centers[start:end], resample)]
+
+    for k in range(min(lookahead, len(runs))):
+        slide.prefetch(tiles(k))
+    for k, (start, end) in enumerate(runs):
+        if k + lookahead < len(runs):
+            slide.prefetch(tiles(k + lookahead))
+        centers = patches.centers[start:end]
+        per_mag = [_cut_run(slide, plan, centers, resample) for plan in patches.plans]
+        yield from (list(patch_set) for patch_set in zip(*per_mag, strict=True))
 
 
 # -- the tile command ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from skimage import color, filters, morphology, segmentation
+from skimage import filters, morphology, segmentation
 
 from .atomic import atomic_path
 from .errors import StoreError
@@ -85,9 +85,17 @@ def render_thumbnail(slide: Slide, target_mpp: float, band_rows: int = 2048
     return thumb, level.scale_x * factor, level.scale_y * factor
 
 
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` in float32 (rgb2hsv's float64 hue and
+    value temporaries cost ~70 bytes per pixel on a whole-slide thumbnail)."""
+    high = rgb.max(axis=2)
+    spread = (high - rgb.min(axis=2)).astype(np.float32)
+    return spread / np.maximum(high, 1).astype(np.float32)
+
+
 def detect_tissue(slide: Slide, params: TissueParams = TissueParams()) -> TissueMask:
     thumb, sx, sy = render_thumbnail(slide, params.mpp)
-    saturation = color.rgb2hsv(thumb)[..., 1]
+    saturation = hsv_saturation(thumb)
     try:
         otsu = float(filters.threshold_otsu(saturation))
     except ValueError:  # a constant image
