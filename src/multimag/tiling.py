@@ -160,11 +160,10 @@ def _band(plan: MagPlan, centers: np.ndarray, resample: str) -> _Band | None:
     return _Band(f, int(yi[0]), xi.astype(np.int64))
 
 
-def _run_tiles(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
-               ) -> list[tuple[int, int, int, int]]:
+def _run_tiles(slide: Slide, plan: MagPlan, centers: np.ndarray, band: _Band | None,
+               resample: str) -> list[tuple[int, int, int, int]]:
     """The ``(level, factor, tile_row, tile_col)`` one run of patches needs at ``plan``."""
     lv = plan.level
-    band = _band(plan, centers, resample)
     size = slide.reduced_tile_size(lv.index, band.factor) if band else None
     if band is not None and size is not None:
         f = band.factor
@@ -186,15 +185,15 @@ def _run_tiles(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
             for tx in range(x0 // tw, (x1 - 1) // tw + 1)] if x0 < x1 and y0 < y1 else []
 
 
-def _cut_run(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
-             ) -> list[np.ndarray]:
+def _cut_run(slide: Slide, plan: MagPlan, centers: np.ndarray, band: _Band | None,
+             resample: str) -> list[np.ndarray]:
     """One run's patches at one magnification: views into one band when aligned."""
-    band = _band(plan, centers, resample)
     if band is not None:
-        pixels = slide.read_reduced(plan.level.index, band.factor, band.x0, band.y,
-                                    band.width(plan.side), plan.side)
+        x0, side = band.x0, plan.side
+        pixels = slide.read_reduced(plan.level.index, band.factor, x0, band.y,
+                                    band.width(side), side)
         if pixels is not None:
-            return [pixels[:, x - band.x0:x - band.x0 + plan.side] for x in band.xs]
+            return [pixels[:, x:x + side] for x in (band.xs - x0).tolist()]
     return [resample_patch(slide, plan, cx, cy, resample) for cx, cy in centers]
 
 
@@ -219,19 +218,22 @@ def iter_patch_sets(slide: Slide, patches: PatchPlan, resample: str = "box",
     for the cutter.
     """
     runs = _runs(patches)
+    bands: dict[int, list[_Band | None]] = {}
 
-    def tiles(k: int) -> list[tuple[int, int, int, int]]:
-        start, end = runs[k]
-        return [t for plan in patches.plans
-                for t in _run_tiles(slide, plan, patches.centers[start:end], resample)]
+    def prefetch(k: int) -> None:
+        centers = patches.centers[runs[k][0]:runs[k][1]]
+        bands[k] = [_band(plan, centers, resample) for plan in patches.plans]
+        slide.prefetch([t for plan, band in zip(patches.plans, bands[k], strict=True)
+                        for t in _run_tiles(slide, plan, centers, band, resample)])
 
     for k in range(min(lookahead, len(runs))):
-        slide.prefetch(tiles(k))
+        prefetch(k)
     for k, (start, end) in enumerate(runs):
         if k + lookahead < len(runs):
-            slide.prefetch(tiles(k + lookahead))
+            prefetch(k + lookahead)
         centers = patches.centers[start:end]
-        per_mag = [_cut_run(slide, plan, centers, resample) for plan in patches.plans]
+        per_mag = [_cut_run(slide, plan, centers, band, resample)
+                   for plan, band in zip(patches.plans, bands.pop(k), strict=True)]
         yield from (list(patch_set) for patch_set in zip(*per_mag, strict=True))
 
 
