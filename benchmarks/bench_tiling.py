@@ -114,7 +114,11 @@ def _to_rgb(region):
     return region.convert("RGB")
 
 
-def baseline_level0(slide_path: Path, plans, centers: np.ndarray) -> tuple[Timer, int]:
+def per_patch_baseline(slide_path: Path, plans, centers: np.ndarray, best_level: bool
+                       ) -> tuple[Timer, int]:
+    """Each patch and magnification read on its own with openslide ``read_region``:
+    from level 0 (the whole footprint), or from the best pyramid level, then
+    resized with PIL's BOX filter."""
     import openslide
     from PIL import Image
 
@@ -123,33 +127,15 @@ def baseline_level0(slide_path: Path, plans, centers: np.ndarray) -> tuple[Timer
         osr = openslide.OpenSlide(str(slide_path))
         for cx, cy in centers:
             for p in plans:
+                level = p.level.index if best_level else 0
+                sx, sy = (p.level.scale_x, p.level.scale_y) if best_level else (1.0, 1.0)
                 x0, y0, x1, y1 = p.footprint(cx, cy)
-                ix, iy = math.floor(x0), math.floor(y0)
-                size = (math.ceil(x1) - ix, math.ceil(y1) - iy)
-                img = _to_rgb(osr.read_region((ix, iy), 0, size))
-                if img.size != (p.side, p.side):
-                    img = img.resize((p.side, p.side), Image.Resampling.BOX,
-                                     box=(x0 - ix, y0 - iy, x1 - ix, y1 - iy))
-                checksum += int(np.asarray(img)[0, 0, 0])  # the arrays a pipeline needs
-        osr.close()
-    return t, checksum
-
-
-def baseline_best_level(slide_path: Path, plans, centers: np.ndarray) -> tuple[Timer, int]:
-    import openslide
-    from PIL import Image
-
-    checksum = 0
-    with Timer() as t:
-        osr = openslide.OpenSlide(str(slide_path))
-        for cx, cy in centers:
-            for p in plans:
-                bx0, by0, bx1, by1 = p.level_box(cx, cy)
+                bx0, by0, bx1, by1 = x0 / sx, y0 / sy, x1 / sx, y1 / sy
                 lx, ly = math.floor(bx0), math.floor(by0)
                 size = (math.ceil(bx1) - lx, math.ceil(by1) - ly)
                 # read_region takes the level-0 position of the region's first pixel
-                loc = (round(lx * p.level.scale_x), round(ly * p.level.scale_y))
-                img = _to_rgb(osr.read_region(loc, p.level.index, size))
+                loc = (round(lx * sx), round(ly * sy))
+                img = _to_rgb(osr.read_region(loc, level, size))
                 if img.size != (p.side, p.side):
                     img = img.resize((p.side, p.side), Image.Resampling.BOX,
                                      box=(bx0 - lx, by0 - ly, bx1 - lx, by1 - ly))
@@ -402,12 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     e_info: list[dict] = []
     out_store = WORK / "bench_e2e.zarr"
     for rep in range(args.reps):
-        t, _ = baseline_level0(args.slide, patches.plans, sample)
+        t, _ = per_patch_baseline(args.slide, patches.plans, sample, best_level=False)
         res["a"].append(len(sample) / t.wall)
         cpu["a"].append(t.cpu / t.wall)
         others["a"].append(t.others)
         print(f"rep {rep + 1}: a {res['a'][-1]:8.1f} sets/s", end="", flush=True)
-        t, _ = baseline_best_level(args.slide, patches.plans, sample)
+        t, _ = per_patch_baseline(args.slide, patches.plans, sample, best_level=True)
         res["b"].append(len(sample) / t.wall)
         cpu["b"].append(t.cpu / t.wall)
         others["b"].append(t.others)

@@ -151,9 +151,9 @@ def _band(plan: MagPlan, centers: np.ndarray, resample: str) -> _Band | None:
     f = round(plan.factor_x)
     if f < 1 or abs(plan.factor_x - f) > _EPS or abs(plan.factor_y - f) > _EPS:
         return None
-    half = plan.extent / 2
-    x = (centers[:, 0] - half) / plan.level.scale_x / f
-    y = (centers[:, 1] - half) / plan.level.scale_y / f
+    boxes = footprints(centers, plan.extent)
+    x = boxes[:, 0] / plan.level.scale_x / f
+    y = boxes[:, 1] / plan.level.scale_y / f
     xi, yi = np.rint(x), np.rint(y)
     if np.abs(x - xi).max() > _EPS or np.abs(y - yi).max() > _EPS or (yi != yi[0]).any():
         return None
@@ -174,7 +174,8 @@ def _run_tiles(slide: Slide, plan: MagPlan, centers: np.ndarray, band: _Band | N
         f, size = 1, slide.tile_size(lv.index)
         if size is None:
             return []
-        boxes = np.array([plan.level_box(cx, cy) for cx, cy in centers])
+        sx, sy = plan.level.scale_x, plan.level.scale_y
+        boxes = footprints(centers, plan.extent) / [sx, sy, sx, sy]  # on the level's grid
         m = _margin(plan, resample)
         x0, y0 = math.floor(boxes[:, 0].min()) - m, math.floor(boxes[:, 1].min()) - m
         x1, y1 = math.ceil(boxes[:, 2].max()) + m, math.ceil(boxes[:, 3].max()) + m
