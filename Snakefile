@@ -25,3 +25,9 @@ rule all:
     input:
         all_outputs,
     default_target: True
+
+
+rule dataset:
+    """The dataset alone: stores, QC pictures, labels, folds and indices."""
+    input:
+        dataset_outputs,

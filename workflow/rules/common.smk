@@ -53,7 +53,8 @@ def patient_of(wildcards):
     return sample(wildcards.slide)["patient_id"]
 
 
-def all_outputs(wildcards):
+def dataset_outputs(wildcards):
+    """Everything up to the training indices: stores, QC, labels, folds."""
     slides = samples().index
     return (
         expand(f"{OUT}/stores/{{slide}}.zarr", slide=slides)
@@ -61,3 +62,7 @@ def all_outputs(wildcards):
         + expand(f"{OUT}/labels/{{slide}}.parquet", slide=slides)
         + expand(f"{OUT}/indices/fold{{fold}}", fold=range(config["split"]["folds"]))
     )
+
+
+def all_outputs(wildcards):
+    return dataset_outputs(wildcards)
