@@ -16,6 +16,11 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/label.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
 
 
 report: "workflow/report/workflow.rst"

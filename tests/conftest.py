@@ -63,3 +63,44 @@ def full_tissue(slide):
     return TissueMask(np.ones((lv.height, lv.width), bool),
                       np.full((lv.height, lv.width, 3), 200, np.uint8),
                       lv.scale_x, lv.scale_y, 0.0, TissueParams())
+
+
+# -- the demo cohort up to its training indices, built once per test session ---------------
+
+def run_workflow(workdir: Path, *args: str, config: dict | None = None):
+    """``snakemake`` on the embedded config.yaml (``config`` merged over it) in
+    ``workdir``; the multimag console script of this interpreter on PATH."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    configfiles = [str(REPO / "config.yaml")]
+    if config:
+        extra = workdir / "override.yaml"
+        extra.write_text(yaml.safe_dump(config))
+        configfiles.append(str(extra))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", *configfiles, "--cores", "2", *args]
+    env = {**os.environ,
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The embedded demo config's ``dataset`` target (demo slides, stores, labels,
+    folds, indices; about a minute), shared by the xdist workers through a lock.
+    Returns the workflow directory (``demo/``, ``results/``)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent
+    workdir = root / "demo_dataset"
+    with FileLock(str(root / "demo_dataset.lock")):
+        done = workdir / "DONE"
+        if not done.exists():
+            workdir.mkdir(exist_ok=True)
+            res = run_workflow(workdir, "dataset")
+            assert res.returncode == 0, res.stderr[-3000:]
+            done.touch()
+    return workdir

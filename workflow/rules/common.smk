@@ -6,6 +6,7 @@ import yaml
 from snakemake.utils import validate
 
 from multimag.samples import load_samples
+from multimag.splits import make_splits
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
@@ -64,5 +65,37 @@ def dataset_outputs(wildcards):
     )
 
 
+TRAINED = sorted(set(config["methods"]) | ({"mpcs_pretrain"} if "mpcs_finetune" in config["methods"] else set()))
+PREDICTED = [m for m in config["methods"] if m != "mpcs_pretrain"]
+FOLDS = list(range(config["split"]["folds"]))
+
+
+wildcard_constraints:
+    method="|".join(TRAINED) or "none",
+    fold=r"\d+",
+
+
+def test_fold(slide):
+    """The fold whose test set holds the slide: the same deterministic function of
+    the samples, folds and seed that rule split writes to splits.tsv (aggregate
+    checks every prediction's fold against that file)."""
+    if "folds" not in _SAMPLES:
+        splits = make_splits(samples(), config["split"]["folds"], config["split"]["seed"])
+        _SAMPLES["folds"] = splits.set_index("slide_id")["fold"]
+    return int(_SAMPLES["folds"].loc[slide])
+
+
+def model_outputs(wildcards):
+    return expand(f"{OUT}/models/{{method}}/fold{{fold}}/model.json", method=TRAINED, fold=FOLDS)
+
+
+def prediction_outputs(wildcards):
+    return expand(f"{OUT}/predictions/{{method}}/{{slide}}.parquet", method=PREDICTED,
+                  slide=samples().index)
+
+
 def all_outputs(wildcards):
-    return dataset_outputs(wildcards)
+    results = ([f"{OUT}/summary.tsv"]
+               + expand(f"{OUT}/{{method}}/figures/roc.png", method=PREDICTED)) if PREDICTED else []
+    return (dataset_outputs(wildcards) + model_outputs(wildcards)
+            + prediction_outputs(wildcards) + results)

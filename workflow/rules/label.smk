@@ -1,31 +1,31 @@
 import shlex
 
 
-def annotation_input(wildcards):
-    annotation = sample(wildcards.slide)["annotation"]
-    return [annotation] if annotation else []
-
-
-def label_options(wildcards):
-    row = sample(wildcards.slide)
-    options = f"--annotation {shlex.quote(row['annotation'])}" if row["annotation"] else ""
-    if row["slide_label"]:
-        options += f" --slide-label {row['slide_label']}"
-    return options
-
-
 rule label:
     input:
         store=f"{OUT}/stores/{{slide}}.zarr",
-        annotation=annotation_input,
+        annotation=lambda wildcards: sample(wildcards.slide)["annotation"] or [],
         config=RESOLVED_CONFIG,
     output:
         f"{OUT}/labels/{{slide}}.parquet",
     params:
-        options=label_options,
+        annotation=lambda wildcards, input: (
+            f"--annotation {shlex.quote(input.annotation)}" if input.annotation else ""
+        ),
+        slide_label=lambda wildcards: (
+            f"--slide-label {sample(wildcards.slide)['slide_label']}"
+            if sample(wildcards.slide)["slide_label"]
+            else ""
+        ),
     log:
         f"{OUT}/logs/label/{{slide}}.log",
+    conda:
+        "../../envs/slides.yaml"
     threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 15 * attempt,
+        cpus_per_task=1,
     shell:
-        "multimag label {input.store:q} {output:q} {params.options} "
+        "multimag label {input.store:q} {output:q} {params.annotation} {params.slide_label} "
         "--config {input.config:q} > {log} 2>&1"

@@ -14,9 +14,13 @@ rule tissue:
         mpp=mpp_option,
     log:
         f"{OUT}/logs/tissue/{{slide}}.log",
+    conda:
+        "../../envs/slides.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 15 * attempt,
+        cpus_per_task=1,
     shell:
         "multimag tissue {input.slide:q} {output.mask:q} --slide-id {wildcards.slide} "
         "{params.mpp} --config {input.config:q} --qc {output.qc:q} > {log} 2>&1"

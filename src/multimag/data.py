@@ -1,0 +1,363 @@
+"""torch datasets over the per-slide patch stores, the batch sampler and the
+augmentation.
+
+A dataset is a table of references into the stores (the parquet indices of
+``multimag.sampling``) plus the *views* one sample is made of: a single patch,
+the two sides of an SMSE pair, a triplet, an MPCS magnification pair or a DSML
+tuple of magnifications of one field of view. Each view names the columns that
+hold its slide, patch and magnification (or a fixed magnification).
+
+Reading is batched: the loader hands a whole batch of indices to
+``__getitems__``, which reads them store by store and array by array through
+``multimag.store.PatchReader`` (one ``pread`` and one JPEG decode per patch, no
+per-chunk zarr machinery). Stores are opened lazily, in the process that reads
+them, so DataLoader workers each open their own.
+
+Samples come out as uint8 tensors ``(B, 3, H, W)``; augmentation and
+normalisation run on the training device, batched, in :class:`Augment`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import MultimagError
+from .geometry import mag_label
+from .store import PatchReader
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class IndexError_(MultimagError):
+    """An index references a store, patch or magnification that does not exist."""
+
+
+@dataclass(frozen=True)
+class View:
+    """Where one image of a sample comes from: columns of the table, or a fixed
+    magnification. ``field`` (a magnification) crops the patch to the field of
+    view of that magnification's patch (DSML in ``same_center`` stores)."""
+
+    slide: str = "slide_id"
+    patch: str = "patch"
+    magnification: str | float = "magnification"
+    field: float | None = None
+
+
+class StoreCache:
+    """Readers of the stores in ``stores_dir``, opened on first use."""
+
+    def __init__(self, stores_dir: str | Path) -> None:
+        self.stores_dir = Path(stores_dir)
+        self._readers: dict[str, PatchReader] = {}
+
+    def __getitem__(self, slide_id: str) -> PatchReader:
+        reader = self._readers.get(slide_id)
+        if reader is None:
+            reader = PatchReader(self.stores_dir / f"{slide_id}.zarr")
+            self._readers[slide_id] = reader
+        return reader
+
+    def __getstate__(self) -> dict:  # workers open their own readers
+        return {"stores_dir": self.stores_dir, "_readers": {}}
+
+
+def crop_side(side: int, extent: float, field: float) -> int:
+    """Side in pixels of the centred crop of a patch of ``side`` px spanning
+    ``extent`` level-0 px that spans ``field`` level-0 px."""
+    if field >= extent:
+        return side
+    return max(1, round(side * field / extent))
+
+
+class PatchDataset(Dataset):
+    """Samples of one or more views from a table of store references.
+
+    ``__getitems__`` returns the whole batch: ``{"views": [uint8 (B, 3, H, W)
+    per view], "labels": int64 (B, len(label_columns))}``.
+    """
+
+    def __init__(self, table: pd.DataFrame, views: Sequence[View], stores_dir: str | Path,
+                 label_columns: Sequence[str] = ()) -> None:
+        self.table = table.reset_index(drop=True)
+        self.views = tuple(views)
+        self.label_columns = tuple(label_columns)
+        self.stores = StoreCache(stores_dir)
+        missing = [c for v in self.views for c in (v.slide, v.patch, v.magnification)
+                   if isinstance(c, str) and c not in self.table.columns]
+        missing += [c for c in self.label_columns if c not in self.table.columns]
+        if missing:
+            raise IndexError_(f"the index table has no column(s) {sorted(set(missing))}",
+                              fix="rebuild the indices with this version of multimag")
+        self._labels = (self.table[list(self.label_columns)].to_numpy(np.int64)
+                        if self.label_columns else np.zeros((len(self.table), 0), np.int64))
+        self._check_stores()
+
+    def _check_stores(self) -> None:
+        slides = set()
+        for view in self.views:
+            slides.update(self.table[view.slide].unique())
+        absent = sorted(s for s in slides
+                        if not (self.stores.stores_dir / f"{s}.zarr").exists())
+        if absent:
+            raise IndexError_(f"the index references {len(absent)} missing store(s): "
+                              f"{', '.join(absent[:5])}", slide=absent[0],
+                              path=self.stores.stores_dir / f"{absent[0]}.zarr",
+                              fix="run the tile step for these slides, or rebuild the "
+                              "indices from the current samples")
+        for view in self.views:  # every referenced patch exists (before any training)
+            span = self.table.groupby(view.slide, sort=True)[view.patch].agg(["min", "max"])
+            for slide, (low, high) in span.iterrows():
+                reader = self.stores[slide]
+                if low < 0 or high >= reader.n:
+                    bad = high if high >= reader.n else low
+                    raise IndexError_(f"the index references patch {bad} of a store with "
+                                      f"{reader.n} patches", slide=slide,
+                                      path=reader.path, fix="rebuild the indices from the "
+                                      "current stores and labels")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _magnifications(self, view: View, rows: np.ndarray) -> np.ndarray:
+        if isinstance(view.magnification, str):
+            return self.table[view.magnification].to_numpy(np.float64)[rows]
+        return np.full(len(rows), float(view.magnification))
+
+    def _read_view(self, view: View, rows: np.ndarray) -> torch.Tensor:
+        slides = self.table[view.slide].to_numpy()[rows]
+        patches = self.table[view.patch].to_numpy(np.int64)[rows]
+        mags = self._magnifications(view, rows)
+        out: np.ndarray | None = None
+        for slide, mag in sorted(set(zip(slides, mags, strict=True))):
+            sel = np.flatnonzero((slides == slide) & (mags == mag))
+            reader = self.stores[slide]
+            array = f"mag_{mag_label(mag)}"
+            pixels = reader.read(array, patches[sel])
+            if view.field is not None:
+                side = crop_side(pixels.shape[1], reader.extent(array),
+                                 reader.extent(f"mag_{mag_label(view.field)}"))
+                start = (pixels.shape[1] - side) // 2
+                pixels = pixels[:, start:start + side, start:start + side]
+            if out is None:
+                out = np.empty((len(rows), *pixels.shape[1:]), np.uint8)
+            elif out.shape[1:] != pixels.shape[1:]:
+                raise IndexError_(f"patches of one view differ in size ({out.shape[1:]} vs "
+                                  f"{pixels.shape[1:]} at {mag_label(mag)})", slide=slide,
+                                  path=reader.path, fix="tile every slide with the same "
+                                  "patch_px, mode and magnifications")
+            out[sel] = pixels
+        assert out is not None
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def __getitems__(self, rows: Sequence[int]) -> dict:
+        rows = np.asarray(rows, dtype=np.int64)
+        return {"views": [self._read_view(v, rows) for v in self.views],
+                "labels": torch.from_numpy(self._labels[rows])}
+
+    def __getitem__(self, row: int) -> dict:
+        batch = self.__getitems__([row])
+        return {"views": [v[0] for v in batch["views"]], "labels": batch["labels"][0]}
+
+
+def _pass_through(batch: dict) -> dict:
+    return batch
+
+
+class EpochSampler(Sampler[list[int]]):
+    """Batches of row indices: a fresh seeded permutation per epoch (so a resumed
+    run sees the same order as an uninterrupted one), split across ranks."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world: int = 1,
+                 max_samples: int | None = None) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.drop_last, self.rank, self.world = seed, drop_last, rank, world
+        self.max_samples = max_samples
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            order = np.arange(self.n)
+        else:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.max_samples:
+            order = order[:self.max_samples]
+        return order[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._order()
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        n = len(self._order())
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def make_loader(dataset: PatchDataset, sampler: EpochSampler, workers: int = 0
+                ) -> DataLoader:
+    """A DataLoader that reads whole batches at once (``__getitems__``)."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                      collate_fn=_pass_through, persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None, pin_memory=False)
+
+
+# -- the sample tables of each sampling -------------------------------------------
+
+def single_patches(table: pd.DataFrame, magnifications: Sequence[float]) -> pd.DataFrame:
+    """Every patch of ``table`` at every magnification (one row each)."""
+    mags = pd.DataFrame({"magnification": [float(m) for m in magnifications]})
+    return table.merge(mags, how="cross")
+
+
+def single_view() -> list[View]:
+    return [View()]
+
+
+def pair_views() -> list[View]:
+    return [View(f"slide_id_{s}", f"patch_{s}", f"magnification_{s}") for s in "ab"]
+
+
+def triplet_views() -> list[View]:
+    return [View(f"{r}_slide_id", f"{r}_patch", f"{r}_magnification")
+            for r in ("anchor", "positive", "negative")]
+
+
+def magnification_pair_views() -> list[View]:
+    return [View(magnification=f"magnification_{s}") for s in "ab"]
+
+
+def field_views(magnifications: Sequence[float]) -> list[View]:
+    """One view per magnification, each cropped to the field of the finest one."""
+    finest = max(float(m) for m in magnifications)
+    return [View(magnification=float(m), field=finest) for m in magnifications]
+
+
+# -- augmentation, on the device ----------------------------------------------------
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    v = maxc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    safe = delta.clamp_min(1e-12)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack((h, s, v), 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = torch.stack((torch.stack((v, q, p, p, t, v), 1),
+                         torch.stack((t, v, v, q, p, p), 1),
+                         torch.stack((p, p, t, v, v, q), 1)), 1)  # (B, 3, 6, H, W)
+    return table.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool = True
+    rot90: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> AugmentParams:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
+class Augment:
+    """SMSE's augmentation, batched with per-sample random parameters: horizontal
+    and vertical flips (p = 0.5 each), a random multiple of 90 degrees, colour
+    jitter (brightness, contrast, saturation, hue; torchvision's formulas in a
+    fixed order), then normalisation. ``shared=True`` gives every view of a
+    sample the same flips and rotation (DSML: the magnifications of one field
+    must stay aligned for the SIM term); colour is always drawn per image.
+    """
+
+    def __init__(self, params: AugmentParams) -> None:
+        self.p = params
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised float, no augmentation (evaluation)."""
+        return self._standardise(x.float() / 255.0)
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.p.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.p.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, views: Sequence[torch.Tensor], generator: torch.Generator,
+                 shared: bool = False) -> list[torch.Tensor]:
+        n = views[0].shape[0]
+        dev = views[0].device
+
+        def geometry() -> tuple[torch.Tensor, ...]:
+            return (torch.rand(n, generator=generator, device=dev) < 0.5,
+                    torch.rand(n, generator=generator, device=dev) < 0.5,
+                    torch.randint(0, 4, (n,), generator=generator, device=dev))
+
+        shared_geo = geometry() if shared else None
+        out = []
+        for view in views:
+            x = view.float() / 255.0
+            hflip, vflip, rot = shared_geo or geometry()
+            if self.p.flip:
+                x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
+                x = torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
+            if self.p.rot90 and x.shape[-1] == x.shape[-2]:
+                for k in (1, 2, 3):
+                    x = torch.where((rot == k).view(-1, 1, 1, 1), torch.rot90(x, k, (-2, -1)), x)
+            out.append(self._standardise(self._jitter(x, generator)))
+        return out
+
+    def _factor(self, n: int, amount: float, generator: torch.Generator, dev) -> torch.Tensor:
+        u = torch.rand(n, generator=generator, device=dev)
+        return (1 - amount + 2 * amount * u).view(-1, 1, 1, 1)
+
+    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        if self.p.brightness:
+            x = (x * self._factor(n, self.p.brightness, generator, dev)).clamp(0, 1)
+        if self.p.contrast:
+            mean = _grey(x).mean((1, 2, 3), keepdim=True)
+            c = self._factor(n, self.p.contrast, generator, dev)
+            x = (c * x + (1 - c) * mean).clamp(0, 1)
+        if self.p.saturation:
+            s = self._factor(n, self.p.saturation, generator, dev)
+            x = (s * x + (1 - s) * _grey(x)).clamp(0, 1)
+        if self.p.hue:
+            shift = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * self.p.hue
+            hsv = _rgb_to_hsv(x)
+            hsv = torch.cat(((hsv[:, :1] + shift.view(-1, 1, 1, 1)) % 1.0, hsv[:, 1:]), 1)
+            x = _hsv_to_rgb(hsv)
+        return x

@@ -1,0 +1,20 @@
+rule evaluate:
+    input:
+        predictions=lambda wildcards: expand(f"{OUT}/predictions/{{method}}/{{slide}}.parquet",
+                                             method=PREDICTED, slide=samples().index),
+        verdicts=expand(f"{OUT}/{{method}}/slides.tsv", method=PREDICTED),
+        splits=f"{OUT}/splits.tsv",
+        config=RESOLVED_CONFIG,
+    output:
+        summary=report(f"{OUT}/summary.tsv", category="Results", caption="../report/summary.rst"),
+        markdown=f"{OUT}/summary.md",
+        metrics=expand(f"{OUT}/{{method}}/metrics.tsv", method=PREDICTED),
+    params:
+        predictions=[f"{OUT}/predictions/{method}" for method in PREDICTED],
+    log:
+        f"{OUT}/logs/evaluate.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "multimag evaluate {input.splits:q} {OUT:q} {params.predictions:q} "
+        "--config {input.config:q} > {log} 2>&1"

@@ -1,0 +1,37 @@
+def train_init(wildcards):
+    """mpcs_finetune starts from the fold's mpcs_pretrain model."""
+    if wildcards.method == "mpcs_finetune":
+        return [f"{OUT}/models/mpcs_pretrain/fold{wildcards.fold}/model.json"]
+    return []
+
+
+def train_init_option(wildcards, input):
+    return f"--init {Path(input.init[0]).parent}" if input.init else ""
+
+
+rule train:
+    input:
+        index=f"{OUT}/indices/fold{{fold}}",
+        config=RESOLVED_CONFIG,
+        init=train_init,
+    output:
+        model=f"{OUT}/models/{{method}}/fold{{fold}}/model.pt",
+        meta=f"{OUT}/models/{{method}}/fold{{fold}}/model.json",
+    params:
+        out_dir=lambda wildcards, output: Path(output.meta).parent,
+        init=train_init_option,
+        stores=f"{OUT}/stores",
+    log:
+        f"{OUT}/logs/train/{{method}}/fold{{fold}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        cpus_per_task=lambda wildcards, threads: threads,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        "multimag train {input.index:q} {params.out_dir:q} --method {wildcards.method} "
+        "--fold {wildcards.fold} --config {input.config:q} --stores {params.stores:q} "
+        "{params.init} --threads {threads} > {log} 2>&1"
