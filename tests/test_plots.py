@@ -34,9 +34,6 @@ from multimag.plots import (
 )
 from multimag.tissue import TissueMask, TissueParams
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results"
-DEMO = REPO / "demo"
 MAGS = (20.0, 10.0, 5.0, 2.5)
 EXTENTS = {"20x": 128.0, "10x": 256.0, "5x": 512.0, "2.5x": 1024.0}
 
@@ -323,13 +320,12 @@ def test_plot_heatmap_synthetic_with_vector_and_raster_annotations(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_slide(tmp_path_factory):
+def demo_slide(tmp_path_factory, demo_dataset):
     """P01_A's fused-and-per-magnification predictions built from its labels and store."""
-    labels_path = RESULTS / "labels" / "P01_A.parquet"
-    store_path = RESULTS / "stores" / "P01_A.zarr"
-    tissue_path = RESULTS / "tissue" / "P01_A.npz"
-    if not (labels_path.exists() and store_path.exists() and tissue_path.exists()):
-        pytest.skip("the demo results (results/labels, stores, tissue) are not built")
+    results = demo_dataset / "results"
+    labels_path = results / "labels" / "P01_A.parquet"
+    store_path = results / "stores" / "P01_A.zarr"
+    tissue_path = results / "tissue" / "P01_A.npz"
     from multimag.store import open_store
 
     store = open_store(store_path)
@@ -341,14 +337,15 @@ def demo_slide(tmp_path_factory):
     df = make_predictions(centers, labels, slide_id="P01_A", patient_id="P01", fold=2)
     path = write_predictions(df, tmp_path_factory.mktemp("pred") / "P01_A.parquet",
                              extent_level0=extents, slide_id="P01_A")
-    return read_predictions(path), tissue_path, DEMO / "annotations" / "P01_A.geojson"
+    annotation = demo_dataset / "demo" / "annotations" / "P01_A.geojson"
+    return read_predictions(path), tissue_path, annotation
 
 
 def test_demo_heatmap_values_sit_under_the_patch_centres(demo_slide, tmp_path):
     df, tissue_path, annotation = demo_slide
     tissue = TissueMask.load(tissue_path)
     extent = finest_extent(None, df)
-    assert extent == 128.0
+    assert extent == df.attrs["multimag"]["extent_level0"]["20x"]
     heat = heatmap_array(df, tissue.thumbnail.shape[:2], (tissue.scale_x, tissue.scale_y),
                          extent)
     fused = df[df["view"] == "fused"]

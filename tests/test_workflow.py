@@ -3,6 +3,7 @@ slide that fails only its own jobs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 import zarr
@@ -96,33 +98,71 @@ def test_samples_error_is_clear(tmp_path):
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """`snakemake all` on the embedded default config: demo cohort -> stores, QC,
-    labels, patient folds and per-fold indices."""
+    labels, patient folds, indices -> every method trained on every fold -> every
+    slide predicted by the model that never saw its patient -> verdicts, metrics,
+    figures and the report."""
     res = snakemake(tmp_path, "all")
     assert res.returncode == 0, res.stderr[-3000:]
+    from multimag.config import load_config
     from multimag.samples import load_samples
 
+    out = tmp_path / "results"
+    config = load_config(out / "config.resolved.yaml")
+    folds, methods = config["split"]["folds"], config["methods"]
     samples = load_samples(tmp_path / "demo" / "samples.tsv")
     assert len(samples) >= 8 and samples["patient_id"].nunique() >= 4
     for slide_id in samples.index:
-        store = zarr.open_group(tmp_path / "results" / "stores" / f"{slide_id}.zarr", mode="r")
+        store = zarr.open_group(out / "stores" / f"{slide_id}.zarr", mode="r")
         assert store.attrs["slide_id"] == slide_id
         n = store["centers"].shape[0]
         assert n > 20, slide_id
         for m in ("20x", "10x", "5x", "2.5x"):
-            assert store[f"mag_{m}"].shape == (n, 64, 64, 3)
-        assert (tmp_path / "results" / "qc" / f"{slide_id}.png").stat().st_size > 1000
-    out = tmp_path / "results"
+            assert store[f"mag_{m}"].shape == (n, 32, 32, 3)
+        assert (out / "qc" / f"{slide_id}.png").stat().st_size > 1000
     labels = pd.concat([pd.read_parquet(out / "labels" / f"{s}.parquet") for s in samples.index])
     counts = labels["label"].value_counts()
     # the demo is built with about 1 tumour : 2 normal
     assert 0.2 < counts[1] / (counts[1] + counts[0]) < 0.5
     splits = pd.read_csv(out / "splits.tsv", sep="\t")
     assert splits.groupby("patient_id")["fold"].nunique().max() == 1
-    for fold in range(5):
+    assert sorted(splits["fold"].unique()) == list(range(folds))
+    for fold in range(folds):
         pairs = pd.read_parquet(out / "indices" / f"fold{fold}" / "pairs.parquet")
         test_slides = set(splits.loc[splits["fold"] == fold, "slide_id"])
         assert len(pairs) > 100
         assert not test_slides & (set(pairs["slide_id_a"]) | set(pairs["slide_id_b"]))
-    # nothing left to do: a second run is a no-op
+
+    # no slide is predicted by a model that saw its patient: checked from the files
+    patient = splits.set_index("slide_id")["patient_id"]
+    for method in methods:
+        for slide_id in samples.index:
+            pred = pq.read_table(out / "predictions" / method / f"{slide_id}.parquet")
+            meta = json.loads(pred.schema.metadata[b"multimag"])
+            model = json.loads((tmp_path / meta["model"] / "model.json").read_text())
+            index = tmp_path / model["index_dir"]
+            seen = set()
+            for table in ("patches_train", "patches_val"):
+                seen |= set(pd.read_parquet(index / f"{table}.parquet")["slide_id"])
+            assert patient[slide_id] not in {patient[s] for s in seen}, (method, slide_id)
+            assert set(pred.column("fold").to_pylist()) == {model["fold"]}
+            assert model["method"] == method
+        assert (out / method / "patients.tsv").exists()
+        for figure in ("roc.png", "confusion.png", "tsne.png"):
+            assert (out / method / "figures" / figure).stat().st_size > 5000
+        heatmaps = sorted(p.stem for p in (out / method / "figures" / "heatmaps").glob("*.png"))
+        assert heatmaps == sorted(samples.index)
+
+    # the results table: a row per configured method, every method well above chance
+    summary = pd.read_csv(out / "summary.tsv", sep="\t").set_index("method")
+    assert sorted(summary.index) == sorted(methods)
+    assert (summary["balanced_acc_mean"] > 0.7).all(), summary["balanced_acc_mean"]
+    assert summary.loc["smse_triplet", "balanced_acc_mean"] >= 0.85
+    assert (out / "summary.md").read_text().count("|") > 20
+
+    # nothing left to do: a second run is a no-op; and the report builds
     again = snakemake(tmp_path, "-n", "all")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    report = snakemake(tmp_path, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "smse_triplet" in html

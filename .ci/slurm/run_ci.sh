@@ -8,19 +8,19 @@
 # 2. runs $SLURM_CI_TARGETS locally (--cores 2) in $WORK/local;
 # 3. runs the same targets through `--profile workflow/profiles/slurm` (plus the
 #    test cluster's workflow/profiles/slurm-ci) in $WORK/slurm, and scancels one
-#    `tile` job while it writes its store: only that slide's jobs (and the
-#    dataset steps that need all slides) may be missing afterwards, and no
-#    store may appear for it;
+#    `train` job after its first checkpoint: only its model (and the jobs that
+#    need it) may be missing afterwards, and no model file may appear for it;
 # 4. re-runs the same command: it must finish, submitting only the cancelled
-#    job and what depends on it;
+#    job (which resumes from its checkpoint) and what depends on it;
 # 5. checks that every job went through Slurm (every submitted Slurm job id is
 #    in `squeue --states=all` as COMPLETED, the cancelled one as CANCELLED, each
 #    with its Slurm log) and that GPU rules got their GPU;
 # 6. compares the outputs of the two runs (.ci/slurm/compare.py);
 # 7. `snakemake --lint` must report nothing.
 #
-# Variables: SLURM_CI_TARGETS (default "dataset"; e.g. add
-# results/models/ce_baseline/fold0/model.pt for one training job),
+# The demo config with .ci/slurm/config.yaml over it (one method, two epochs).
+# Variables: SLURM_CI_TARGETS (default "all": demo, stores, labels, folds,
+# indices, training, prediction, voting, evaluation, figures),
 # SLURM_CI_WORK (default: a new /tmp/multimag-slurm-ci.XXXXXX, kept for
 # inspection), SLURM_CI_TIMEOUT (seconds per snakemake run, default 900; the run
 # is killed after it, so a hang cannot eat the CI budget), PYTHON (default
@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 PY=${PYTHON:-$REPO/.venv/bin/python}
-read -r -a TARGETS <<< "${SLURM_CI_TARGETS:-dataset}"
+read -r -a TARGETS <<< "${SLURM_CI_TARGETS:-all}"
 WORK=${SLURM_CI_WORK:-$(mktemp -d /tmp/multimag-slurm-ci.XXXXXX)}
 LIMIT=${SLURM_CI_TIMEOUT:-900}
 START=$SECONDS
@@ -45,8 +45,11 @@ mkdir -p "$WORK"
 # this environment; sbatch passes PATH on (--export=ALL).
 PATH="$(dirname "$PY"):$PATH"
 export PATH
-SMK=("$PY" -m snakemake --snakefile "$REPO/Snakefile" --configfile "$REPO/config.yaml")
-SLURM=(--profile "$REPO/workflow/profiles/slurm" --profile "$REPO/workflow/profiles/slurm-ci")
+SMK=("$PY" -m snakemake --snakefile "$REPO/Snakefile"
+     --configfile "$REPO/config.yaml" "$REPO/.ci/slurm/config.yaml")
+# the real profile, with the test cluster's settings over it (a second --profile
+# would replace the first; a workflow profile is layered on top)
+SLURM=(--profile "$REPO/workflow/profiles/slurm" --workflow-profile "$REPO/workflow/profiles/slurm-ci")
 "$PY" -c "import snakemake_executor_plugin_slurm" \
     || fail "snakemake-executor-plugin-slurm is not installed in $PY (pip install -e '.[test]')"
 
@@ -56,61 +59,65 @@ timeout -s KILL "$LIMIT" "${SMK[@]}" --directory "$WORK/local" --cores 2 "${TARG
     || { tail -n 30 "$WORK/local.log" >&2; fail "the local run failed"; }
 say "local run done"
 
-# --- Slurm run 1, with one tile job cancelled while it writes its store ------
-say "Slurm run 1: ${TARGETS[*]}, one tile job to be cancelled"
+# --- Slurm run 1, with one training job cancelled mid-run ---------------------
+# The victim is a `train` job, cancelled once its first epoch's checkpoint is on
+# disk: the model files must not appear, the other folds must finish, and the
+# re-run must resume that training from its checkpoint.
+say "Slurm run 1: ${TARGETS[*]}, one train job to be cancelled"
 SLURM_DIR=$WORK/slurm
 timeout -s KILL "$LIMIT" "${SMK[@]}" "${SLURM[@]}" --directory "$SLURM_DIR" "${TARGETS[@]}" \
     > "$WORK/slurm-run1.log" 2>&1 &
 run1=$!
 victim="" victim_job=""
 while kill -0 "$run1" 2>/dev/null && [[ -z $victim ]]; do
-    for tmp in "$SLURM_DIR"/results/stores/.*.zarr.tmp-*; do
-        [[ -e $tmp ]] || continue
-        slide=$(basename "$tmp")
-        slide=${slide#.}
-        slide=${slide%%.zarr.tmp-*}
-        job=$(squeue -h -t RUNNING -o '%i %k' | awk -v c="rule_tile_wildcards_$slide" '$2 == c {print $1}')
-        if [[ -n $job ]]; then
+    # comment rule_train_wildcards_{method}_{fold} (the plugin joins the wildcard values)
+    while read -r job comment; do
+        [[ -n $job ]] || continue
+        wildcards=${comment#rule_train_wildcards_}
+        fold=${wildcards##*_} method=${wildcards%_*}
+        model=$SLURM_DIR/results/models/$method/fold$fold
+        if [[ -e $model/checkpoints/last.pt && ! -e $model/model.json ]]; then
             scancel "$job"
-            victim=$slide victim_job=$job
-            say "scancel $job: tile of $slide, store half written ($(basename "$tmp"))"
+            victim=$method/fold$fold victim_job=$job
+            say "scancel $job: train $victim after its first checkpoint"
             break
         fi
-    done
+    done < <(squeue -h -t RUNNING -o '%i %k' | awk '$2 ~ /^rule_train_wildcards_/')
     sleep 0.2
 done
 rc1=0
 wait "$run1" || rc1=$?
-[[ -n $victim ]] || fail "no tile job was caught mid-run to cancel (see $WORK/slurm-run1.log)"
+[[ -n $victim ]] || fail "no train job was caught mid-run to cancel (see $WORK/slurm-run1.log)"
 [[ $rc1 -ne 0 ]] || fail "Slurm run 1 succeeded although job $victim_job was cancelled"
 [[ $rc1 -ne 137 ]] || fail "Slurm run 1 hung and was killed after ${LIMIT}s"
 state=$(squeue -h --states=all -j "$victim_job" -o %T)
 [[ $state == CANCELLED ]] || fail "job $victim_job is $state, not CANCELLED"
 grep -q "SLURM-job '$victim_job' failed" "$WORK/slurm-run1.log" \
     || fail "Snakemake did not report the cancelled job $victim_job as failed"
-# Only the cancelled slide's own jobs are missing.
-[[ ! -e $SLURM_DIR/results/stores/$victim.zarr ]] \
-    || fail "a store appeared for $victim although its job was cancelled"
-[[ ! -e $SLURM_DIR/results/labels/$victim.parquet ]] || fail "$victim was labelled without a store"
-slides=$(cut -f1 "$SLURM_DIR/demo/samples.tsv" | tail -n +2)
-for s in $slides; do
-    [[ $s == "$victim" ]] && continue
-    [[ -e $SLURM_DIR/results/stores/$s.zarr && -e $SLURM_DIR/results/labels/$s.parquet ]] \
-        || fail "slide $s is incomplete after run 1: the cancellation failed more than its own job"
+# Only the cancelled training and what needs its model are missing.
+models=$SLURM_DIR/results/models
+[[ ! -e $models/$victim/model.pt && ! -e $models/$victim/model.json ]] \
+    || fail "model files appeared for $victim although its job was cancelled"
+for meta in "$models"/*/fold*/; do
+    [[ ${meta%/} == "$models/$victim" ]] && continue
+    [[ -e $meta/model.json ]] || fail "$meta is incomplete after run 1: the cancellation failed more than its own job"
 done
-say "run 1 failed as it should (exit $rc1): only $victim's store and what needs it are missing"
+say "run 1 failed as it should (exit $rc1): only $victim and what needs it are missing"
 
 # --- Slurm run 2: resume ---------------------------------------------------
 say "Slurm run 2: resume"
 timeout -s KILL "$LIMIT" "${SMK[@]}" "${SLURM[@]}" --directory "$SLURM_DIR" "${TARGETS[@]}" \
     > "$WORK/slurm-run2.log" 2>&1 \
     || { tail -n 40 "$WORK/slurm-run2.log" >&2; fail "Slurm run 2 (resume) failed"; }
-grep -q "rule_tile/$victim/" "$WORK/slurm-run2.log" \
-    || fail "run 2 did not redo the tile job of $victim"
-if grep -E "rule_(demo|tissue)/" "$WORK/slurm-run2.log" >/dev/null; then
+[[ $(grep -c "rule_train/" "$WORK/slurm-run2.log") -eq 1 ]] \
+    || fail "run 2 did not redo exactly one train job (the cancelled $victim)"
+grep -q "resumed from .*$victim/checkpoints/last.pt after epoch" \
+    "$SLURM_DIR/results/logs/train/$victim.log" \
+    || fail "the re-run of $victim did not resume from its checkpoint"
+if grep -E "rule_(demo|tissue|tile|label|split|index)/" "$WORK/slurm-run2.log" >/dev/null; then
     fail "run 2 redid jobs that had finished in run 1"
 fi
-say "run 2 done: redid $victim's tile job and what depends on it"
+say "run 2 done: resumed $victim from its checkpoint and ran what depends on it"
 
 # --- every job went through Slurm ---------------------------------------------
 # The plugin logs "Job N has been submitted with SLURM jobid J (log: FILE)".

@@ -1,8 +1,3 @@
-def method_predictions(wildcards):
-    return expand(f"{OUT}/predictions/{wildcards.method}/{{slide}}.parquet",
-                  slide=samples().index)
-
-
 rule aggregate:
     input:
         predictions=method_predictions,

@@ -1,5 +1,6 @@
 # Configuration, samples and paths. No logic beyond wiring: the checks live in
 # the multimag package, which the CLI steps use too.
+import shlex
 from pathlib import Path
 
 import yaml
@@ -99,3 +100,31 @@ def all_outputs(wildcards):
                + expand(f"{OUT}/{{method}}/figures/roc.png", method=PREDICTED)) if PREDICTED else []
     return (dataset_outputs(wildcards) + model_outputs(wildcards)
             + prediction_outputs(wildcards) + results)
+
+
+def train_init(wildcards):
+    """mpcs_finetune starts from the fold's mpcs_pretrain model."""
+    if wildcards.method == "mpcs_finetune":
+        return [f"{OUT}/models/mpcs_pretrain/fold{wildcards.fold}/model.json"]
+    return []
+
+
+def train_init_option(wildcards, input):
+    return f"--init {Path(input.init[0]).parent}" if input.init else ""
+
+
+def models_of_slide(wildcards):
+    """Each method's model of the fold whose test set holds the slide, so a slide
+    is never predicted by a model that saw its patient."""
+    fold = test_fold(wildcards.slide)
+    return [f"{OUT}/models/{method}/fold{fold}/model.json" for method in PREDICTED]
+
+
+def predict_triples(wildcards, input, output):
+    return " ".join(f"{shlex.quote(str(Path(model).parent))} {shlex.quote(input.store)} "
+                    f"{shlex.quote(out)}" for model, out in zip(input.models, output))
+
+
+def method_predictions(wildcards):
+    return expand(f"{OUT}/predictions/{wildcards.method}/{{slide}}.parquet",
+                  slide=samples().index)

@@ -11,10 +11,11 @@ rule evaluate:
         metrics=expand(f"{OUT}/{{method}}/metrics.tsv", method=PREDICTED),
     params:
         predictions=[f"{OUT}/predictions/{method}" for method in PREDICTED],
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
     log:
         f"{OUT}/logs/evaluate.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "multimag evaluate {input.splits:q} {OUT:q} {params.predictions:q} "
+        "multimag evaluate {input.splits:q} {params.out_dir:q} {params.predictions:q} "
         "--config {input.config:q} > {log} 2>&1"

@@ -1,15 +1,3 @@
-def models_of_slide(wildcards):
-    """Each method's model of the fold whose test set holds the slide, so a slide
-    is never predicted by a model that saw its patient."""
-    fold = test_fold(wildcards.slide)
-    return [f"{OUT}/models/{method}/fold{fold}/model.json" for method in PREDICTED]
-
-
-def predict_triples(wildcards, input, output):
-    return " ".join(f"{shlex.quote(str(Path(model).parent))} {shlex.quote(input.store)} "
-                    f"{shlex.quote(out)}" for model, out in zip(input.models, output))
-
-
 rule predict:
     """One job per slide predicts it with every configured method (torch starts once)."""
     input:

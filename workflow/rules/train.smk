@@ -1,14 +1,3 @@
-def train_init(wildcards):
-    """mpcs_finetune starts from the fold's mpcs_pretrain model."""
-    if wildcards.method == "mpcs_finetune":
-        return [f"{OUT}/models/mpcs_pretrain/fold{wildcards.fold}/model.json"]
-    return []
-
-
-def train_init_option(wildcards, input):
-    return f"--init {Path(input.init[0]).parent}" if input.init else ""
-
-
 rule train:
     input:
         index=f"{OUT}/indices/fold{{fold}}",
