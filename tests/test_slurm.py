@@ -122,9 +122,15 @@ def test_default_profile_runs_locally():
 
 @pytest.mark.skipif(not HAS_PLUGIN, reason="snakemake-executor-plugin-slurm is not installed")
 def test_slurm_profiles_parse(tmp_path):
-    """The two profiles together are accepted by snakemake and the plugin."""
-    res = run("--profile", str(PROFILES / "slurm"), "--profile", str(PROFILES / "slurm-ci"),
+    """The two profiles together are accepted by snakemake and the plugin: the CI
+    profile layered over the real one as a workflow profile (a second --profile
+    would replace the first, executor: slurm included)."""
+    res = run("--profile", str(PROFILES / "slurm"),
+              "--workflow-profile", str(PROFILES / "slurm-ci"),
               "--configfile", str(REPO / "config.yaml"), "--directory", str(tmp_path),
               "-n", "demo/samples.tsv")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "rule demo" in res.stdout + res.stderr or "checkpoint demo" in res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "rule demo" in out or "checkpoint demo" in out
+    assert (f"{PROFILES / 'slurm'} and workflow specific profile "
+            f"{PROFILES / 'slurm-ci'}") in out
