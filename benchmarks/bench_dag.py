@@ -6,7 +6,7 @@ Writes a cohort of SLIDES slides (2 per patient; empty .svs files, since a dry
 run reads no pixels; a third of the slides with a GeoJSON annotation, the rest
 with a slide label) under benchmarks/work/dag-SLIDES/, then times
 `python -m snakemake -n all` on it with the embedded config (every method of
-config.yaml, 5 folds), REPS times, each in a fresh process. Reports the wall
+config.yaml: 3 folds), REPS times, each in a fresh process. Reports the wall
 time (median, min to max), the number of jobs and the table of jobs per rule,
 and writes benchmarks/results/dag-<date>.md. Target: under 60 s for 2,000 slides.
 """
