@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,34 @@ def test_samples_error_is_clear(tmp_path):
     res = snakemake(tmp_path, "-n", "all", config={"samples": str(tsv)})
     assert res.returncode != 0
     assert "missing column(s) patient_id" in res.stdout + res.stderr
+
+
+def _job_counts(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule of a dry run ({} when there is nothing to do)."""
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_a_changed_setting_reruns_only_the_steps_that_use_it(tmp_path, demo_dataset):
+    """Each rule's params carry the settings it depends on (config.STEP_KEYS): a new
+    voting rule or thread count re-tiles nothing; a tissue threshold re-runs the
+    slide steps from tissue on, and a new index seed only the indices."""
+    work = tmp_path / "w"
+    shutil.copytree(demo_dataset, work, symlinks=True)
+    assert _job_counts(snakemake(work, "-n", "dataset")) == {}
+    for change in ({"aggregate": {"rule": "mean"}}, {"train": {"threads": 3, "workers": 1}},
+                   {"methods": ["ce_baseline"]}, {"threads": 1}):
+        assert _job_counts(snakemake(work, "-n", "dataset", config=change)) == {}, change
+    jobs = _job_counts(snakemake(work, "-n", "dataset", config={"index": {"seed": 5}}))
+    assert jobs == {"index": 3, "dataset": 1}
+    jobs = _job_counts(snakemake(work, "-n", "dataset", config={"tissue": {"min_fraction": 0.6}}))
+    slides = len(list((work / "results" / "stores").glob("*.zarr")))
+    assert jobs["tissue"] == jobs["tile"] == jobs["label"] == slides and jobs["index"] == 3
 
 
 @pytest.mark.slow

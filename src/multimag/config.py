@@ -74,3 +74,36 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if value is not None:
             config[key] = value
     return validate_config(config, source)
+
+
+#: What each workflow step's outputs depend on, as dotted key paths of the config.
+#: The rules pass these settings as Snakemake params, so changing a key re-runs
+#: exactly the steps listed with it (and what depends on their outputs): a new
+#: voting rule does not re-tile a cohort. Settings that change only the speed
+#: (PERFORMANCE_KEYS) re-run nothing.
+STEP_KEYS: dict[str, tuple[str, ...]] = {
+    "tissue": ("reader", "resolution", "tissue"),
+    "tile": ("reader", "resolution", "tissue", "magnifications", "patch_px", "mode",
+             "stride_px", "allow_upsample", "resample", "store"),
+    "label": ("labels",),
+    "index": ("index", "magnifications"),
+    "train": ("magnifications", "model", "train", "smse", "dsml", "constellation", "mpcs",
+              "index.mpcs"),
+    "aggregate": ("aggregate",),
+    "evaluate": ("aggregate",),
+    "figures": ("labels.class_map", "train.seed"),
+}
+PERFORMANCE_KEYS = frozenset({"train.threads", "train.workers", "train.device"})
+
+
+def step_settings(config: dict, step: str) -> dict[str, Any]:
+    """The settings ``step`` depends on: ``{dotted path: value}`` (see STEP_KEYS)."""
+    out: dict[str, Any] = {}
+    for path in STEP_KEYS[step]:
+        value: Any = config
+        for key in path.split("."):
+            value = value[key]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{path}.{k}" not in PERFORMANCE_KEYS}
+        out[path] = value
+    return out

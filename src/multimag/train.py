@@ -41,6 +41,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_path
+from .config import step_settings
 from .data import Augment, AugmentParams, EpochSampler, PatchDataset, View, make_loader
 from .errors import MultimagError
 from .losses import nt_xent_loss
@@ -195,7 +196,8 @@ def train(index_dir: str | Path, out_dir: str | Path, method: str, fold: int, co
         optimiser, lambda e: _lr_factor(e, epochs, tc["warmup_epochs"]))
     use_scaler = dev.type == "cuda" and tc["amp"] and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    digest = config_digest({"config": config, "method": method, "fold": fold,
+    settings = step_settings(config, "train")
+    digest = config_digest({"settings": settings, "method": method, "fold": fold,
                             "init": str(init) if init else None})
     state = {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "best_state": None}
@@ -282,7 +284,7 @@ def train(index_dir: str | Path, out_dir: str | Path, method: str, fold: int, co
     meta = {}
     if rank == 0:
         meta = {"method": method, "fold": fold, "config": config,
-                "config_sha256": config_digest(config), "store": store,
+                "config_sha256": config_digest(settings), "store": store,
                 "store_schema_version": SCHEMA_VERSION, "index_dir": str(index_dir),
                 "init": str(init) if init else None, "best_epoch": state["best_epoch"],
                 "best_score": state["best_score"], "epochs_run": state["epoch"] + 1,

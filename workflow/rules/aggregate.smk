@@ -2,12 +2,13 @@ rule aggregate:
     input:
         predictions=method_predictions,
         splits=f"{OUT}/splits.tsv",
-        config=RESOLVED_CONFIG,
     output:
         slides=f"{OUT}/{{method}}/slides.tsv",
         patients=f"{OUT}/{{method}}/patients.tsv",
         summary=f"{OUT}/{{method}}/summary.json",
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "aggregate"),
         predictions=lambda wildcards: f"{OUT}/predictions/{wildcards.method}",
         out_dir=lambda wildcards: f"{OUT}/{wildcards.method}",
     log:
@@ -16,4 +17,4 @@ rule aggregate:
         "../../envs/torch.yaml"
     shell:
         "multimag aggregate {params.predictions:q} {input.splits:q} {params.out_dir:q} "
-        "--config {input.config:q} > {log} 2>&1"
+        "--config {params.config:q} > {log} 2>&1"

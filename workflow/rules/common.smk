@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+from multimag.config import step_settings
 from multimag.samples import load_samples
 from multimag.splits import make_splits
 
@@ -15,8 +16,10 @@ OUT = config["outdir"]
 DEMO_SAMPLES = str(Path(config["demo"]["outdir"]) / "samples.tsv")
 IS_DEMO = Path(config["samples"]) == Path(DEMO_SAMPLES)
 
-# The resolved config every step reads: rewritten only when it changes, so that
-# a changed parameter re-runs exactly the jobs that read it.
+# The resolved config every step reads (rewritten only when it changes). It is
+# not an input of the rules: each rule's params carry the settings its outputs
+# depend on (multimag.config.STEP_KEYS), so a changed key re-runs exactly the
+# steps that use it, and a change of, say, the voting rule re-tiles nothing.
 RESOLVED_CONFIG = f"{OUT}/config.resolved.yaml"
 _text = yaml.safe_dump(config, sort_keys=True)
 _path = Path(RESOLVED_CONFIG)

@@ -4,12 +4,13 @@ rule evaluate:
                                              method=PREDICTED, slide=samples().index),
         verdicts=expand(f"{OUT}/{{method}}/slides.tsv", method=PREDICTED),
         splits=f"{OUT}/splits.tsv",
-        config=RESOLVED_CONFIG,
     output:
         summary=report(f"{OUT}/summary.tsv", category="Results", caption="../report/summary.rst"),
         markdown=f"{OUT}/summary.md",
         metrics=expand(f"{OUT}/{{method}}/metrics.tsv", method=PREDICTED),
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "evaluate"),
         predictions=[f"{OUT}/predictions/{method}" for method in PREDICTED],
         out_dir=lambda wildcards, output: Path(output.summary).parent,
     log:
@@ -18,4 +19,4 @@ rule evaluate:
         "../../envs/torch.yaml"
     shell:
         "multimag evaluate {input.splits:q} {params.out_dir:q} {params.predictions:q} "
-        "--config {input.config:q} > {log} 2>&1"
+        "--config {params.config:q} > {log} 2>&1"

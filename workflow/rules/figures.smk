@@ -6,7 +6,6 @@ rule figures:
         splits=f"{OUT}/splits.tsv",
         tissue=lambda wildcards: expand(f"{OUT}/tissue/{{slide}}.npz", slide=samples().index),
         samples=config["samples"],
-        config=RESOLVED_CONFIG,
     output:
         roc=report(f"{OUT}/{{method}}/figures/roc.png", category="{method}",
                    subcategory="Patch level", caption="../report/roc.rst"),
@@ -19,6 +18,8 @@ rule figures:
                         caption="../report/heatmap.rst"),
         qupath=directory(f"{OUT}/{{method}}/figures/qupath"),
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "figures"),
         predictions=lambda wildcards: f"{OUT}/predictions/{wildcards.method}",
         tissue_dir=f"{OUT}/tissue",
         out_dir=lambda wildcards: f"{OUT}/{wildcards.method}/figures",
@@ -31,5 +32,5 @@ rule figures:
         runtime=30,
     shell:
         "multimag figures {params.predictions:q} {input.splits:q} {params.tissue_dir:q} "
-        "{params.out_dir:q} --samples {input.samples:q} --config {input.config:q} "
+        "{params.out_dir:q} --samples {input.samples:q} --config {params.config:q} "
         "--no-progress > {log} 2>&1"

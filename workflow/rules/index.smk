@@ -4,10 +4,11 @@ rule index:
     input:
         splits=f"{OUT}/splits.tsv",
         labels=lambda wildcards: expand(f"{OUT}/labels/{{slide}}.parquet", slide=samples().index),
-        config=RESOLVED_CONFIG,
     output:
         directory(f"{OUT}/indices/fold{{fold}}"),
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "index"),
         labels_dir=f"{OUT}/labels",
     log:
         f"{OUT}/logs/index/fold{{fold}}.log",
@@ -20,4 +21,4 @@ rule index:
         cpus_per_task=1,
     shell:
         "multimag index {input.splits:q} {params.labels_dir:q} {output:q} "
-        "--fold {wildcards.fold} --config {input.config:q} > {log} 2>&1"
+        "--fold {wildcards.fold} --config {params.config:q} > {log} 2>&1"

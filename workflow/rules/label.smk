@@ -5,10 +5,11 @@ rule label:
     input:
         store=f"{OUT}/stores/{{slide}}.zarr",
         annotation=lambda wildcards: sample(wildcards.slide)["annotation"] or [],
-        config=RESOLVED_CONFIG,
     output:
         f"{OUT}/labels/{{slide}}.parquet",
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "label"),
         annotation=lambda wildcards, input: (
             f"--annotation {shlex.quote(input.annotation)}" if input.annotation else ""
         ),
@@ -28,4 +29,4 @@ rule label:
         cpus_per_task=1,
     shell:
         "multimag label {input.store:q} {output:q} {params.annotation} {params.slide_label} "
-        "--config {input.config:q} > {log} 2>&1"
+        "--config {params.config:q} > {log} 2>&1"

@@ -5,10 +5,11 @@ rule tile:
     input:
         slide=slide_path,
         tissue=f"{OUT}/tissue/{{slide}}.npz",
-        config=RESOLVED_CONFIG,
     output:
         directory(f"{OUT}/stores/{{slide}}.zarr"),
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "tile"),
         mpp=mpp_option,
         patient=patient_of,
     log:
@@ -23,4 +24,4 @@ rule tile:
     shell:
         "multimag tile {input.slide:q} {output:q} --slide-id {wildcards.slide} "
         "--patient-id {params.patient:q} {params.mpp} --tissue {input.tissue:q} "
-        "--config {input.config:q} > {log} 2>&1"
+        "--config {params.config:q} > {log} 2>&1"

@@ -1,7 +1,6 @@
 rule tissue:
     input:
         slide=slide_path,
-        config=RESOLVED_CONFIG,
     output:
         mask=f"{OUT}/tissue/{{slide}}.npz",
         qc=report(
@@ -11,6 +10,8 @@ rule tissue:
             labels={"slide": "{slide}"},
         ),
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "tissue"),
         mpp=mpp_option,
     log:
         f"{OUT}/logs/tissue/{{slide}}.log",
@@ -23,4 +24,4 @@ rule tissue:
         cpus_per_task=1,
     shell:
         "multimag tissue {input.slide:q} {output.mask:q} --slide-id {wildcards.slide} "
-        "{params.mpp} --config {input.config:q} --qc {output.qc:q} > {log} 2>&1"
+        "{params.mpp} --config {params.config:q} --qc {output.qc:q} > {log} 2>&1"

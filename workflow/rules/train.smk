@@ -1,12 +1,13 @@
 rule train:
     input:
         index=f"{OUT}/indices/fold{{fold}}",
-        config=RESOLVED_CONFIG,
         init=train_init,
     output:
         model=f"{OUT}/models/{{method}}/fold{{fold}}/model.pt",
         meta=f"{OUT}/models/{{method}}/fold{{fold}}/model.json",
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "train"),
         out_dir=lambda wildcards, output: Path(output.meta).parent,
         init=train_init_option,
         stores=f"{OUT}/stores",
@@ -22,5 +23,5 @@ rule train:
         runtime=720,
     shell:
         "multimag train {input.index:q} {params.out_dir:q} --method {wildcards.method} "
-        "--fold {wildcards.fold} --config {input.config:q} --stores {params.stores:q} "
+        "--fold {wildcards.fold} --config {params.config:q} --stores {params.stores:q} "
         "{params.init} --threads {threads} > {log} 2>&1"
