@@ -94,7 +94,9 @@ def demo_dataset(tmp_path_factory) -> Path:
     Returns the workflow directory (``demo/``, ``results/``)."""
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # the workers' common folder of this session
+        root = root.parent
     workdir = root / "demo_dataset"
     with FileLock(str(root / "demo_dataset.lock")):
         done = workdir / "DONE"

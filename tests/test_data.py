@@ -194,3 +194,38 @@ def test_normalise_uses_the_configured_statistics():
     aug = Augment(AugmentParams(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0)))
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     np.testing.assert_allclose(aug.normalise(x)[0, :, 0, 0].numpy(), [2.0, 1.0, 0.5])
+
+
+def test_same_field_views_mixing_magnifications_are_brought_to_patch_px(demo_dataset,
+                                                                         tmp_path):
+    """In same_field stores a 5x patch has a quarter of the 20x pixels; a single view
+    over both (e.g. the CE baseline) resamples it to patch_px."""
+    import subprocess
+    import sys
+
+    from multimag.data import resize_patches
+    from multimag.samples import load_samples
+
+    sample = load_samples(demo_dataset / "demo" / "samples.tsv").iloc[0]
+    stores = tmp_path / "stores"
+    res = subprocess.run([sys.executable, "-m", "multimag.cli", "tile", sample["path"],
+                          str(stores / f"{sample['slide_id']}.zarr"), "--slide-id",
+                          sample["slide_id"], "--mode", "same_field", "--patch-px", "32",
+                          "--magnifications", "20", "5", "--no-progress"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    group = zarr.open_group(stores / f"{sample['slide_id']}.zarr", mode="r")
+    assert group["mag_20x"].shape[1:3] == (32, 32) and group["mag_5x"].shape[1:3] == (8, 8)
+    rows = single_patches(pd.DataFrame({"slide_id": sample["slide_id"], "patch": [0, 3, 5],
+                                        "label": 0}), [20, 5])
+    views = PatchDataset(rows, single_view(), stores).__getitems__(list(range(6)))["views"][0]
+    assert views.shape == (6, 3, 32, 32)
+    coarse = rows.index[rows["magnification"] == 5.0]
+    want = resize_patches(group["mag_5x"][:][[0, 3, 5]], 32)
+    np.testing.assert_array_equal(views[coarse].permute(0, 2, 3, 1).numpy(), want)
+    fine = rows.index[rows["magnification"] == 20.0]
+    np.testing.assert_array_equal(views[fine].permute(0, 2, 3, 1).numpy(),
+                                  group["mag_20x"][:][[0, 3, 5]])
+    # the resampling is an antialiased resize, not nearest: a flat patch stays flat
+    flat = np.full((1, 8, 8, 3), 77, np.uint8)
+    assert (resize_patches(flat, 32) == 77).all()

@@ -79,6 +79,14 @@ def crop_side(side: int, extent: float, field: float) -> int:
     return max(1, round(side * field / extent))
 
 
+def resize_patches(pixels: np.ndarray, side: int) -> np.ndarray:
+    """(n, h, w, 3) uint8 patches resampled to ``side`` px (antialiased bilinear)."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 class PatchDataset(Dataset):
     """Samples of one or more views from a table of store references.
 
@@ -148,6 +156,10 @@ class PatchDataset(Dataset):
                                  reader.extent(f"mag_{mag_label(view.field)}"))
                 start = (pixels.shape[1] - side) // 2
                 pixels = pixels[:, start:start + side, start:start + side]
+            elif pixels.shape[1] != reader.attrs["patch_px"]:
+                # same_field stores: coarser magnifications have fewer pixels; one view
+                # mixing magnifications brings every patch to the store's patch_px
+                pixels = resize_patches(pixels, int(reader.attrs["patch_px"]))
             if out is None:
                 out = np.empty((len(rows), *pixels.shape[1:]), np.uint8)
             elif out.shape[1:] != pixels.shape[1:]:
