@@ -237,3 +237,18 @@ def test_predict_refuses_a_model_dir_without_checkpoint_and_a_foreign_store(fold
                        "version 99"):
         predict_store(tmp_path / "m", store, tmp_path / "p.parquet", progress=False)
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_gpus_2_trains_with_distributed_data_parallel(fold0, tmp_path):
+    """`--gpus 2` re-launches the job under torchrun; on a machine without GPUs the
+    two processes train with gloo on the CPU, rank 0 validates and writes."""
+    config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
+    cfg = _write_config(tmp_path / "c.yaml", config)
+    res = _cli("train", str(fold0["index"]), str(tmp_path / "m"), "--method", "smse_triplet",
+               "--fold", "0", "--config", str(cfg), "--stores", str(fold0["stores"]),
+               "--gpus", "2", "--device", "cpu", "--threads", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["world_size"] == 2 and meta["epochs_run"] == 1
+    assert len(pd.read_csv(tmp_path / "m" / "history.csv")) == 1  # one writer
+    assert load_model(tmp_path / "m")[1]["method"] == "smse_triplet"
