@@ -18,9 +18,10 @@
 # 6. compares the outputs of the two runs (.ci/slurm/compare.py);
 # 7. `snakemake --lint` must report nothing.
 #
-# The demo config with .ci/slurm/config.yaml over it (one method, two epochs).
+# The demo config with .ci/slurm/config.yaml over it (one method, four epochs).
 # Variables: SLURM_CI_TARGETS (default "all": demo, stores, labels, folds,
-# indices, training, prediction, voting, evaluation, figures),
+# indices, training, prediction, voting, evaluation, figures; other targets must
+# include a train job, which step 3 cancels),
 # SLURM_CI_WORK (default: a new /tmp/multimag-slurm-ci.XXXXXX, kept for
 # inspection), SLURM_CI_TIMEOUT (seconds per snakemake run, default 900; the run
 # is killed after it, so a hang cannot eat the CI budget), PYTHON (default
