@@ -119,12 +119,7 @@ def bench_decode(stores: Path, rows: pd.DataFrame) -> float:
         reader = PatchReader(stores / f"{slide}.zarr")
         for m in MAGS:
             name = f"mag_{m:g}x"
-            side, per_shard = reader.side(name), reader._geometry(name)[1]
-            shard, slot = divmod(int(patch), per_shard)
-            offset, nbytes = reader._shard_index(name, shard, per_shard)[slot]
-            with open(reader.path / name / "c" / str(shard) / "0" / "0" / "0", "rb") as fh:
-                fh.seek(int(offset))
-                blobs.append((fh.read(int(nbytes)), side))
+            blobs.append((reader.encoded(name, patch), reader.side(name)))
     out = {side: np.empty((side, side, 3), np.uint8) for _, side in blobs}
     start = time.perf_counter()
     for data, side in blobs:

@@ -163,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .aggregate import FUSED
     from .predict import load_model, predict_store, resolve_device
 
     items = [args.model_dir, args.store, args.out, *args.more]
@@ -185,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scores = predict_store(model_dir, store, out, labels=label, device=args.device,
                                batch_size=args.batch_size, model=models[model_dir],
                                progress=_progress(args))
-        fused = scores[scores["view"] == "fused"]
+        fused = scores[scores["view"] == FUSED]
         print(json.dumps({"model": str(model_dir), "store": str(store), "patches": len(fused),
                           "tumour_predicted": int(fused["pred"].sum())}))
     return 0

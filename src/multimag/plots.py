@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
+from .aggregate import FUSED, METADATA_KEY
 from .annotations import Annotation, load_annotation
 from .atomic import atomic_path
 from .errors import MultimagError
@@ -69,8 +70,6 @@ __all__ = [
     "view_magnification",
 ]
 
-FUSED = "fused"
-METADATA_KEY = b"multimag"
 #: RGB 0..255 per class (tumour as QuPath's default "Tumor" class)
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (200, 0, 0), 0: (30, 100, 200)}
 CLASS_NAMES = {0: "normal", 1: "tumour"}

@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from .aggregate import FUSED, METADATA_KEY
 from .atomic import atomic_path
-from .data import AugmentParams, EpochSampler, PatchDataset, make_loader, single_patches
+from .data import Augment, AugmentParams, EpochSampler, PatchDataset, make_loader, single_patches
 from .errors import MultimagError
 from .geometry import mag_label
 from .methods import build_model, dsml_magnifications, patch_views
@@ -67,9 +68,7 @@ def score_patches(model: nn.Module, method: str, config: dict, table: pd.DataFra
     from tqdm.auto import tqdm
 
     model.eval()
-    norm = AugmentParams.from_config(config["train"]["augment"])
-    mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
+    augment = Augment(AugmentParams.from_config(config["train"]["augment"]))
     table = table[["slide_id", "patch", "label"]].reset_index(drop=True)
     if method == "dsml":
         mags = dsml_magnifications(config)
@@ -81,8 +80,7 @@ def score_patches(model: nn.Module, method: str, config: dict, table: pd.DataFra
     loader = make_loader(dataset, EpochSampler(len(dataset), batch_size, shuffle=False), workers)
     probs, embs = [], []
     for batch in tqdm(loader, desc="predict", disable=not progress, mininterval=2):
-        views = [((v.to(device, non_blocking=True).float() / 255.0) - mean) / std
-                 for v in batch["views"]]
+        views = [augment.normalise(v.to(device, non_blocking=True)) for v in batch["views"]]
         with autocast(device, config["train"]["amp"]):
             if method == "dsml":
                 out = model(views)
@@ -101,7 +99,7 @@ def score_patches(model: nn.Module, method: str, config: dict, table: pd.DataFra
             e = torch.cat([b[m] for b in embs]).numpy() if embs else np.zeros((0, 1))
             frames.append(table.assign(view=mag_label(mag), prob_tumour=p[:, m],
                                        embedding=list(e)))
-        frames.append(table.assign(view="fused", prob_tumour=p[:, -1], embedding=None))
+        frames.append(table.assign(view=FUSED, prob_tumour=p[:, -1], embedding=None))
         return pd.concat(frames, ignore_index=True)
     p = torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)
     e = torch.cat(embs).numpy() if embs else np.zeros((0, 1), np.float32)
@@ -109,7 +107,7 @@ def score_patches(model: nn.Module, method: str, config: dict, table: pd.DataFra
                                     prob_tumour=p, embedding=list(e))
     per_view = per_view.drop(columns="magnification")
     fused = (per_view.groupby(["slide_id", "patch", "label"], sort=False, as_index=False)
-             ["prob_tumour"].mean().assign(view="fused", embedding=None))
+             ["prob_tumour"].mean().assign(view=FUSED, embedding=None))
     return pd.concat([per_view, fused], ignore_index=True)
 
 
@@ -193,7 +191,7 @@ def write_predictions(scores: pd.DataFrame, out: str | Path, info: dict) -> None
                         ("y", pa.int64()), ("label", pa.int8()), ("view", pa.string()),
                         ("prob_tumour", pa.float32()), ("pred", pa.int8()),
                         ("embedding", pa.list_(pa.float32()))],
-                       metadata={b"multimag": json.dumps(info).encode()})
+                       metadata={METADATA_KEY: json.dumps(info).encode()})
     embeddings = [None if e is None else np.asarray(e, np.float32)
                   for e in scores["embedding"]]
     table = pa.Table.from_pandas(scores.assign(embedding=embeddings), schema=schema,

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .plots import CLASS_COLORS, REQUIRED, PlotError, finest_extent, fused_rows
+from .plots import CLASS_COLORS, FUSED, REQUIRED, PlotError, finest_extent, fused_rows
 
 __all__ = ["QUPATH_CLASSES", "export_geojson", "tile_features"]
 
@@ -106,7 +106,7 @@ def export_geojson(pred_df: pd.DataFrame, path: str | Path,
         "type": "FeatureCollection",
         "multimag": {"slide_id": slide_id, "extent_level0": extent,
                      "method": meta.get("method"), "fold": meta.get("fold"),
-                     "view": "fused"},
+                     "view": FUSED},
         "features": tile_features(pred_df, extent, slide_id),
     }
     path = Path(path)

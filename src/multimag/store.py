@@ -70,6 +70,11 @@ def _patch_encoder(compression: str, quality: int, zstd_level: int
                      fix=f"set store.compression to one of {', '.join(COMPRESSIONS)}")
 
 
+def _shard_path(array_dir: Path, shard: int) -> Path:
+    """The file of one shard of a patch array (one shard per row of shards)."""
+    return array_dir / "c" / str(shard) / "0" / "0" / "0"
+
+
 def _shard_bytes(chunks: Sequence[bytes], per_shard: int) -> bytes:
     """One shard: chunks back to back, then the (per_shard, 1, 1, 1, 2) index + crc32c."""
     index = np.full((per_shard, 2), _EMPTY, dtype="<u8")
@@ -156,9 +161,8 @@ class StoreWriter:
 
     def _write_files(self, shard: int, encoded: list[Future[list[bytes]]]) -> None:
         sets = [future.result() for future in encoded]
-        key = f"c/{shard}/0/0/0"
         for m, plan in enumerate(self.plans):
-            target = self.tmp / plan.array_name / key
+            target = _shard_path(self.tmp / plan.array_name, shard)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_shard_bytes([s[m] for s in sets], self.per_shard))
 
@@ -265,9 +269,8 @@ class PatchReader:
     def _shard_index(self, array_name: str, shard: int, per_shard: int) -> np.ndarray | None:
         key = (array_name, shard)
         if key not in self._index:
-            path = self.path / array_name / "c" / str(shard) / "0" / "0" / "0"
             try:
-                with open(path, "rb") as fh:
+                with open(_shard_path(self.path / array_name, shard), "rb") as fh:
                     fh.seek(-(per_shard * 16 + 4), os.SEEK_END)
                     self._index[key] = np.frombuffer(fh.read(per_shard * 16), "<u8"
                                                      ).reshape(per_shard, 2).copy()
@@ -278,7 +281,7 @@ class PatchReader:
     def read(self, array_name: str, patches: Sequence[int] | np.ndarray,
              out: np.ndarray | None = None) -> np.ndarray:
         """Patches ``patches`` of ``array_name`` as an (n, P, P, 3) uint8 array."""
-        side, per_shard = self._geometry(array_name)
+        side = self.side(array_name)
         patches = np.asarray(patches, dtype=np.int64).reshape(-1)
         if len(patches) and (patches.min() < 0 or patches.max() >= self.n):
             bad = patches[(patches < 0) | (patches >= self.n)][0]
@@ -291,24 +294,43 @@ class PatchReader:
         fd, open_shard = -1, -1
         try:
             for i in order:
-                patch = int(patches[i])
-                shard, slot = divmod(patch, per_shard)
-                index = self._shard_index(array_name, shard, per_shard)
-                if index is None or index[slot, 0] == _EMPTY:
+                location = self._locate(array_name, int(patches[i]))
+                if location is None:
                     out[i] = 255
                     continue
+                shard, offset, nbytes = location
                 if shard != open_shard:
                     if fd >= 0:
                         os.close(fd)
-                    fd = os.open(self.path / array_name / "c" / str(shard) / "0" / "0" / "0",
-                                 os.O_RDONLY)
+                    fd = os.open(_shard_path(self.path / array_name, shard), os.O_RDONLY)
                     open_shard = shard
-                offset, nbytes = (int(v) for v in index[slot])
                 self._decode(os.pread(fd, nbytes, offset), out[i])
         finally:
             if fd >= 0:
                 os.close(fd)
         return out
+
+    def _locate(self, array_name: str, patch: int) -> tuple[int, int, int] | None:
+        """(shard, offset, nbytes) of a patch's encoded chunk; None if it was never
+        written (the fill value)."""
+        per_shard = self._geometry(array_name)[1]
+        shard, slot = divmod(patch, per_shard)
+        index = self._shard_index(array_name, shard, per_shard)
+        if index is None or index[slot, 0] == _EMPTY:
+            return None
+        return shard, int(index[slot, 0]), int(index[slot, 1])
+
+    def encoded(self, array_name: str, patch: int) -> bytes | None:
+        """The encoded bytes of one patch (what :meth:`read` decodes), None if unwritten."""
+        location = self._locate(array_name, int(patch))
+        if location is None:
+            return None
+        shard, offset, nbytes = location
+        fd = os.open(_shard_path(self.path / array_name, shard), os.O_RDONLY)
+        try:
+            return os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
 
     def _decode(self, data: bytes, out: np.ndarray) -> None:
         if self.compression == "jpeg":

@@ -40,6 +40,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from . import __version__
+from .aggregate import FUSED
 from .atomic import atomic_path
 from .config import step_settings
 from .data import Augment, AugmentParams, EpochSampler, PatchDataset, View, make_loader
@@ -49,6 +50,7 @@ from .methods import SUPERVISED, build_model, check_method, loss, training_sampl
 from .predict import (
     META_FILE,
     MODEL_FILE,
+    STORE_KEYS,
     autocast,
     config_digest,
     load_model,
@@ -89,8 +91,7 @@ def _check_classes(table: pd.DataFrame, columns: tuple[str, ...], what: Path) ->
 def _store_meta(stores_dir: Path, table: pd.DataFrame, views: list[View]) -> dict:
     slide = str(table[views[0].slide].iloc[0])
     attrs = PatchReader(stores_dir / f"{slide}.zarr").attrs
-    return {"patch_px": attrs["patch_px"], "mode": attrs["mode"],
-            "magnifications": attrs["magnifications"]}
+    return {key: attrs[key] for key in STORE_KEYS}
 
 
 def _lr_factor(epoch: int, epochs: int, warmup: int) -> float:
@@ -138,7 +139,7 @@ def validate_epoch(model: nn.Module, method: str, config: dict, val: pd.DataFram
         return {"val_nt_xent": total / max(n, 1), "score": -total / max(n, 1)}
     scores = score_patches(model, method, config, val, stores_dir, device,
                            config["predict"]["batch_size"])
-    fused = scores[scores["view"] == "fused"]
+    fused = scores[scores["view"] == FUSED]
     bacc = balanced_accuracy_score(fused["label"], fused["prob_tumour"] >= 0.5)
     return {"val_balanced_acc": float(bacc), "score": float(bacc)}
 
