@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -33,13 +32,12 @@ def _write(path, n, compression="jpeg", shard=4, mode="same_center"):
 
     sets = [[patch(p.side) for p in plans] for _ in range(n)]
     centers = rng.integers(0, 4000, (n, 2))
-    with ThreadPoolExecutor(2) as pool, StoreWriter(
-            path, centers=centers, tissue=np.linspace(0.5, 1, n), plans=plans,
-            attrs={"slide_id": "s1"}, pool=pool, compression=compression,
-            shard_patches=shard) as writer:
-        for s in sets:
-            writer.add(s)
-        writer.commit()
+    with StoreWriter(path, centers=centers, tissue=np.linspace(0.5, 1, n), plans=plans,
+                     attrs={"slide_id": "s1"}, compression=compression,
+                     shard_patches=shard) as writer:
+        for first in range(0, n, shard):
+            writer.shards(first, sets[first:first + shard])
+        writer.commit(n)
     return plans, sets, centers
 
 
@@ -77,13 +75,32 @@ print(json.dumps(out))
 def test_interrupted_write_leaves_no_store(tmp_path):
     path = tmp_path / "s1.zarr"
     plans = _plans()
-    with pytest.raises(RuntimeError), ThreadPoolExecutor(1) as pool, StoreWriter(
+    with pytest.raises(RuntimeError), StoreWriter(
             path, centers=np.zeros((5, 2)), tissue=np.ones(5), plans=plans, attrs={},
-            pool=pool) as writer:
-        writer.add([np.zeros((p.side, p.side, 3), np.uint8) for p in plans])
+            shard_patches=4) as writer:
+        writer.shards(0, [[np.zeros((p.side, p.side, 3), np.uint8) for p in plans]] * 4)
         raise RuntimeError("killed")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_refuses_a_store_with_a_shard_missing(tmp_path):
+    """A block of patches that never reached its shards (a worker that lost them)
+    fails the commit, even when the count handed in looks right."""
+    path = tmp_path / "s1.zarr"
+    plans = _plans()
+    blank = [[np.zeros((p.side, p.side, 3), np.uint8) for p in plans]] * 4
+    with pytest.raises(StoreError, match="missing shards mag_40x/c/1/0/0/0"), StoreWriter(
+            path, centers=np.zeros((10, 2)), tissue=np.ones(10), plans=plans, attrs={},
+            shard_patches=4) as writer:
+        writer.shards(0, blank)
+        writer.shards(8, blank[:2])
+        writer.commit(10)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(StoreError, match="not one shard"), StoreWriter(
+            path, centers=np.zeros((10, 2)), tissue=np.ones(10), plans=plans, attrs={},
+            shard_patches=4) as writer:
+        writer.shards(2, blank)
 
 
 def test_open_store_rejects_unfinished_and_foreign(tmp_path):

@@ -8,6 +8,7 @@ shows it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,7 +41,7 @@ def _open(args: argparse.Namespace, config: dict):
     from .slide import open_slide
 
     return open_slide(args.slide, slide_id=args.slide_id, reader=config["reader"],
-                      mpp=args.mpp, workers=config["threads"], cache_mb=config["cache_mb"])
+                      mpp=args.mpp, cache_mb=config["cache_mb"])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -78,8 +79,11 @@ def cmd_tile(args: argparse.Namespace) -> int:
         raise MultimagError("the output store must end in .zarr", path=args.out,
                             fix="name it like SLIDE.zarr")
     tissue = TissueMask.load(args.tissue) if args.tissue else None
+    tconf = TilingConfig.from_config(config)
+    if args.threads:
+        tconf = dataclasses.replace(tconf, threads=args.threads)
     with _open(args, config) as slide:
-        summary = tile_slide(slide, args.out, TilingConfig.from_config(config),
+        summary = tile_slide(slide, args.out, tconf,
                              patient_id=args.patient_id, tissue=tissue, qc_path=args.qc,
                              progress=_progress(args))
     print(json.dumps(summary))
@@ -266,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue", type=Path, help="tissue mask from `multimag tissue` "
                    "(default: detect it now)")
     p.add_argument("--qc", type=Path, help="QC thumbnail PNG")
+    p.add_argument("--threads", type=int, help="worker processes that cut and encode the "
+                   "patches (default: the config's threads; never more than the CPUs this "
+                   "process may use)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_tile)

@@ -7,6 +7,7 @@ the failed job's log.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 
@@ -27,6 +28,9 @@ class MultimagError(Exception):
         head = f"[{', '.join(parts)}] " if parts else ""
         tail = f" Fix: {fix}" if fix else ""
         super().__init__(f"{head}{what}.{tail}".replace("\n", " "))
+
+    def __reduce__(self):  # rebuilt from its parts (a tiling worker's error reaches the CLI)
+        return partial(type(self), slide=self.slide, path=self.path, fix=self.fix), (self.what,)
 
 
 class SlideNotFoundError(MultimagError):

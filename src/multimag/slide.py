@@ -6,13 +6,16 @@ composited onto white, tiffslide's zero padding is replaced by white).
 
 * ``tiffslide`` (default): metadata from tiffslide; pixels by reading each
   TIFF tile's bytes at its offset and decoding it with imagecodecs through
-  tifffile, once, in a thread pool, into a byte-bounded cache that also keeps
-  each tile reduced by the integer factors the tiler asks for. Exact on every
-  level, whatever the level's downsample.
+  tifffile, once, into a byte-bounded cache that also keeps each tile reduced
+  by the integer factors the tiler asks for. Exact on every level, whatever the
+  level's downsample.
 * ``openslide``: everything through openslide (formats tifffile cannot read:
   MIRAX, DICOM, ...). On a level whose downsample is not an integer, openslide
   interpolates at the fractional position ``x0 / downsample``; the returned
   :class:`Region` says where its first pixel lies so callers resample exactly.
+
+A slide object is for one thread. The tiler parallelises with processes, each
+reopening the slide from :meth:`Slide.source`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from collections import OrderedDict
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,22 @@ class Region:
     oy: float
 
 
+@dataclass(frozen=True)
+class SlideSource:
+    """What it takes to open a slide again, in another process, exactly as it is open
+    here (same reader, same resolved pixel size, no test read)."""
+
+    path: Path
+    slide_id: str
+    reader: str
+    mpp: float
+    cache_mb: int
+
+    def open(self) -> Slide:
+        return open_slide(self.path, slide_id=self.slide_id, reader=self.reader, mpp=self.mpp,
+                          cache_mb=self.cache_mb, test_read=False)
+
+
 def _fix_for(path: Path) -> str:
     return (f"check that {path.name} is a complete whole-slide image (re-copy or re-export it), "
             "or remove it from samples.tsv")
@@ -58,6 +74,7 @@ class Slide:
     """Base class: metadata, resolution and level reads shared by the backends."""
 
     reader: str = ""
+    cache_mb: int = 0  # of decoded tiles kept by this reader
 
     def __init__(self, path: Path, slide_id: str, dimensions: list[tuple[int, int]],
                  metadata_mpp: float | None, objective_power: float | None,
@@ -96,17 +113,6 @@ class Slide:
             return None
         return reduce_pixels(region.pixels, factor)
 
-    def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
-        """Hint: these ``(level, factor, tile_row, tile_col)`` will be needed soon."""
-
-    def reduced_tile_size(self, level: int, factor: int) -> tuple[int, int] | None:
-        """Tile size on the grid of ``level`` reduced by ``factor`` when reduced reads
-        are tile-based, else None."""
-        size = self.tile_size(level)
-        if size is None or size[0] % factor or size[1] % factor:
-            return None
-        return size[0] // factor, size[1] // factor
-
     def tile_size(self, level: int) -> tuple[int, int] | None:
         """(tile height, tile width) of a level when reads are tile-based, else None."""
         return None
@@ -118,6 +124,9 @@ class Slide:
     @property
     def mpp(self) -> float:
         return self.pyramid.mpp
+
+    def source(self) -> SlideSource:
+        return SlideSource(self.path, self.slide_id, self.reader, self.mpp, self.cache_mb)
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> Region:
         """Level pixels ``[x, x+w) x [y, y+h)``; white where that lies outside the slide."""
@@ -201,31 +210,28 @@ class _TileCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
 
     def get(self, key: tuple) -> np.ndarray | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
 
     def put(self, key: tuple, value: np.ndarray) -> None:
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self.bytes += value.nbytes
-            while self.bytes > self.max_bytes and len(self._items) > 1:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= old.nbytes
+        if key in self._items:
+            return
+        self._items[key] = value
+        self.bytes += value.nbytes
+        while self.bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.nbytes
 
 
 class TiffSlideSlide(Slide):
     reader = "tiffslide"
 
     def __init__(self, path: Path, slide_id: str, mpp_override: float | None,
-                 workers: int = 2, cache_mb: int = 128) -> None:
+                 cache_mb: int = 128) -> None:
         import tifffile
         import tiffslide
 
@@ -259,11 +265,11 @@ class TiffSlideSlide(Slide):
             self._ts.close()
             raise
         self._fd = os.open(path, os.O_RDONLY)
+        self.cache_mb = cache_mb
         self._cache = _TileCache(cache_mb * 2**20)
-        self._pool = ThreadPoolExecutor(max(1, workers)) if workers > 1 else None
-        # (level, tile_row, tile_col) -> decode task; touched by one thread at a time
-        # (the tiler's cutting thread)
-        self._inflight: dict[tuple[int, int, int], Future] = {}
+        # per level: the reduction factors asked for so far; a tile is reduced by
+        # them as soon as it is decoded, while its pixels are still in the CPU cache
+        self._factors: list[set[int]] = [set() for _ in self._pages]
 
     def _check_offsets(self, path: Path) -> None:
         size = path.stat().st_size
@@ -307,47 +313,22 @@ class TiffSlideSlide(Slide):
             if tile.shape[2] == 1:
                 tile = np.repeat(tile, 3, axis=2)
         self._cache.put(key, tile)
+        for factor in self._factors[level]:
+            self._cache.put((level, factor, ty, tx), reduce_pixels(tile, factor))
         return tile
-
-    def _load(self, level: int, ty: int, tx: int, factors: frozenset[int]) -> None:
-        """One pool task per source tile: decode it once, reduce it by every factor."""
-        tile = self._decode(level, ty, tx)
-        for f in factors - {1}:
-            self._cache.put((level, f, ty, tx), reduce_pixels(tile, f))
 
     def _tile(self, level: int, factor: int, ty: int, tx: int) -> np.ndarray:
         key = (level, factor, ty, tx)
         tile = self._cache.get(key)
-        if tile is not None:
-            return tile
-        pending = self._inflight.pop((level, ty, tx), None)
-        if pending is not None:
-            pending.result()
-            tile = self._cache.get(key)
-            if tile is not None:
-                return tile
-        tile = self._decode(level, ty, tx)
-        if factor > 1:
-            tile = reduce_pixels(tile, factor)
-            self._cache.put(key, tile)
+        if tile is None:
+            if factor > 1:
+                self._factors[level].add(factor)
+            full = self._decode(level, ty, tx)
+            tile = full if factor == 1 else self._cache.get(key)
+            if tile is None:  # decoded before this factor was first asked for
+                tile = reduce_pixels(full, factor)
+                self._cache.put(key, tile)
         return tile
-
-    def prefetch(self, tiles: Iterable[tuple[int, int, int, int]]) -> None:
-        """Queue the decoding (and reduction) of these tiles in the pool and return at
-        once, so that they are decoded while the caller cuts what it already has."""
-        for key in [k for k, f in self._inflight.items() if f.done()]:
-            self._inflight.pop(key).result()  # surface decode errors here
-        jobs: dict[tuple[int, int, int], set[int]] = {}
-        for level, f, ty, tx in tiles:
-            if (level, ty, tx) not in self._inflight and self._cache.get(
-                    (level, f, ty, tx)) is None:
-                jobs.setdefault((level, ty, tx), set()).add(f)
-        for (level, ty, tx), factors in sorted(jobs.items()):
-            if self._pool is None:
-                self._load(level, ty, tx, frozenset(factors))
-            else:
-                self._inflight[(level, ty, tx)] = self._pool.submit(
-                    self._load, level, ty, tx, frozenset(factors))
 
     def _assemble(self, level: int, factor: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         th, tw = self.tile_size(level)
@@ -382,8 +363,6 @@ class TiffSlideSlide(Slide):
         return out
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
@@ -425,8 +404,7 @@ class OpenSlideSlide(Slide):
 
 
 def open_slide(path: str | Path, *, slide_id: str | None = None, reader: str = "tiffslide",
-               mpp: float | None = None, workers: int = 2, cache_mb: int = 128,
-               test_read: bool = True) -> Slide:
+               mpp: float | None = None, cache_mb: int = 128, test_read: bool = True) -> Slide:
     """Open a slide with the chosen reader, resolve its pixel size, and (by default)
     decode a little of every level so that broken files fail here, clearly."""
     path = Path(path)
@@ -445,7 +423,7 @@ def open_slide(path: str | Path, *, slide_id: str | None = None, reader: str = "
         raise SlideFormatError("the file is empty (0 bytes)", slide=slide_id, path=path,
                                fix=_fix_for(path))
     if reader == "tiffslide":
-        slide: Slide = TiffSlideSlide(path, slide_id, mpp, workers=workers, cache_mb=cache_mb)
+        slide: Slide = TiffSlideSlide(path, slide_id, mpp, cache_mb=cache_mb)
     else:
         slide = OpenSlideSlide(path, slide_id, mpp)
     if test_read:

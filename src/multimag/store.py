@@ -10,11 +10,11 @@
   mag_{M}x   (N, P_M, P_M, 3) uint8, one patch per chunk, sharded, JPEG or zstd
 ```
 
-Zarr writes every piece of metadata. The patch shards are assembled here from
-patches encoded in a worker pool as they are cut: the sharding format is a
-fixed part of the Zarr v3 spec (the inner chunks back to back, then an index of
-``(offset, nbytes)`` uint64 pairs in C order with a crc32c), and going through
-zarr's per-chunk async machinery costs more than the JPEG encoding itself.
+Zarr writes every piece of metadata. The patch shards are assembled here, by
+the processes that cut the patches: the sharding format is a fixed part of the
+Zarr v3 spec (the inner chunks back to back, then an index of ``(offset,
+nbytes)`` uint64 pairs in C order with a crc32c), and going through zarr's
+per-chunk async machinery costs more than the JPEG encoding itself.
 Tests read every store back with plain ``zarr.open``.
 
 The store is built in a hidden temporary sibling and renamed into place only
@@ -28,9 +28,8 @@ import os
 import shutil
 import struct
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import google_crc32c
@@ -87,32 +86,57 @@ def _shard_bytes(chunks: Sequence[bytes], per_shard: int) -> bytes:
     return b"".join(chunks) + index_bytes + crc
 
 
+@dataclass(frozen=True)
+class ShardWriter:
+    """Encodes runs of consecutive patch sets and writes each run as one shard of every
+    patch array of a store being built. Picklable: tiling worker processes write
+    their own shards."""
+
+    root: Path
+    arrays: tuple[tuple[str, int], ...]  # (array name, patch side), in plan order
+    per_shard: int
+    compression: str
+    quality: int
+    zstd_level: int
+
+    def __call__(self, first: int, sets: Sequence[Sequence[np.ndarray]]) -> None:
+        """Write patch sets ``first, first + 1, ...``: one whole shard, ``first`` a
+        multiple of ``per_shard`` (only the last shard of a store may be short)."""
+        if first % self.per_shard or not 0 < len(sets) <= self.per_shard:
+            raise StoreError(f"{len(sets)} patch sets from {first} are not one shard of "
+                             f"{self.per_shard}", path=self.root)
+        encode = _patch_encoder(self.compression, self.quality, self.zstd_level)
+        for m, (name, side) in enumerate(self.arrays):
+            chunks = []
+            for patches in sets:
+                patch = patches[m]
+                if patch.shape != (side, side, 3) or patch.dtype != np.uint8:
+                    raise StoreError(f"{name} patch has shape {patch.shape} {patch.dtype}",
+                                     path=self.root)
+                chunks.append(encode(patch))
+            target = _shard_path(self.root / name, first // self.per_shard)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_shard_bytes(chunks, self.per_shard))
+
+
 class StoreWriter:
-    """Builds one slide's store; patches are added in grid order.
+    """Builds one slide's store: metadata here, patches through :attr:`shards`.
 
     Use as a context manager: on an exception the temporary store is removed;
-    :meth:`commit` writes the remaining shards and attributes and renames the
-    store into place.
+    :meth:`commit` checks that every shard was written, marks the store complete
+    and renames it into place.
     """
 
     def __init__(self, path: str | Path, *, centers: np.ndarray, tissue: np.ndarray,
-                 plans: Sequence[MagPlan], attrs: dict, pool: Executor,
-                 compression: str = "jpeg", quality: int = 90, zstd_level: int = 5,
-                 shard_patches: int = 64) -> None:
+                 plans: Sequence[MagPlan], attrs: dict, compression: str = "jpeg",
+                 quality: int = 90, zstd_level: int = 5, shard_patches: int = 64) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.n = len(centers)
         self.plans = tuple(plans)
-        self.per_shard = int(shard_patches)
-        self._encode = _patch_encoder(compression, quality, zstd_level)
-        self._pool = pool
-        self._pending: deque[Future[list[bytes]]] = deque()
-        # shard files are assembled and written by one thread of their own, so the
-        # caller only ever waits when two shards are already queued for writing
-        self._writer = ThreadPoolExecutor(1)
-        self._writes: deque[Future[None]] = deque()
-        self._added = 0
-        self._shards_queued = 0
+        _patch_encoder(compression, quality, zstd_level)  # fail early on a bad name
+        self.shards = ShardWriter(self.tmp, tuple((p.array_name, p.side) for p in self.plans),
+                                  int(shard_patches), compression, quality, zstd_level)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,51 +154,19 @@ class StoreWriter:
             else:
                 codecs = {"serializer": BytesCodec(), "compressors": ZstdCodec(level=zstd_level)}
             group.create_array(plan.array_name, shape=(self.n, p, p, 3), dtype="uint8",
-                               chunks=(1, p, p, 3), shards=(self.per_shard, p, p, 3),
+                               chunks=(1, p, p, 3), shards=(self.shards.per_shard, p, p, 3),
                                fill_value=255, dimension_names=("patch", "y", "x", "rgb"),
                                **codecs)
 
-    def _encode_set(self, patches: Sequence[np.ndarray]) -> list[bytes]:
-        return [self._encode(p) for p in patches]
-
-    def add(self, patches: Sequence[np.ndarray]) -> None:
-        """Queue one patch set (one array per magnification, in plan order)."""
-        if self._added >= self.n:
-            raise StoreError(f"more than the {self.n} planned patches", path=self.path)
-        for plan, patch in zip(self.plans, patches, strict=True):
-            if patch.shape != (plan.side, plan.side, 3) or patch.dtype != np.uint8:
-                raise StoreError(f"{plan.array_name} patch has shape {patch.shape} "
-                                 f"{patch.dtype}", path=self.path)
-        self._pending.append(self._pool.submit(self._encode_set, patches))
-        self._added += 1
-        # keep two shards in flight so the workers never wait for the cutter
-        if len(self._pending) >= 2 * self.per_shard:
-            self._write_shard(self.per_shard)
-
-    def _write_shard(self, count: int) -> None:
-        encoded = [self._pending.popleft() for _ in range(count)]
-        self._writes.append(self._writer.submit(self._write_files, self._shards_queued,
-                                                encoded))
-        self._shards_queued += 1
-        while len(self._writes) > 2:
-            self._writes.popleft().result()
-
-    def _write_files(self, shard: int, encoded: list[Future[list[bytes]]]) -> None:
-        sets = [future.result() for future in encoded]
-        for m, plan in enumerate(self.plans):
-            target = _shard_path(self.tmp / plan.array_name, shard)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(_shard_bytes([s[m] for s in sets], self.per_shard))
-
-    def commit(self, extra_attrs: dict | None = None) -> Path:
-        while self._pending:
-            self._write_shard(min(self.per_shard, len(self._pending)))
-        while self._writes:
-            self._writes.popleft().result()
-        self._writer.shutdown()
-        if self._added != self.n:
-            raise StoreError(f"only {self._added} of {self.n} patches were written",
-                             path=self.path)
+    def commit(self, written: int, extra_attrs: dict | None = None) -> Path:
+        """Finish the store; ``written`` is the number of patch sets the shards hold."""
+        missing = [str(target.relative_to(self.tmp)) for plan in self.plans
+                   for shard in range(-(-self.n // self.shards.per_shard))
+                   if not (target := _shard_path(self.tmp / plan.array_name, shard)).exists()]
+        if written != self.n or missing:
+            raise StoreError(f"only {written} of {self.n} patches were written"
+                             + (f"; missing shards {', '.join(missing[:3])}" if missing else ""),
+                             path=self.path, fix="re-run the tile step")
         group = zarr.open_group(self.tmp, mode="r+")
         group.attrs.update({**(extra_attrs or {}), "complete": True})
         if self.path.exists():
@@ -182,20 +174,12 @@ class StoreWriter:
         os.replace(self.tmp, self.path)
         return self.path
 
-    def abort(self) -> None:
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._writer.shutdown(cancel_futures=True)  # waits for a write in progress
-        self._writes.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
     def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or self.tmp.exists():
-            self.abort()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def open_store(path: str | Path) -> zarr.Group:

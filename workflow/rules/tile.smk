@@ -1,6 +1,7 @@
-# Peak RSS of one tile job is about 0.4 GB on a 40,000 x 30,000 px slide at
-# 40x/20x/10x/5x, 224 px (benchmarks/README.md), bounded by the stripe, not
-# the slide; mem_mb and runtime double on each retry (--retries).
+# A tile job runs `threads` worker processes. On a 40,000 x 30,000 px slide at
+# 40x/20x/10x/5x, 224 px, each peaks at about 0.3 GB and the job at 0.8 GB with 2
+# workers, 1.4 GB with 4 (benchmarks/README.md), bounded by the tile cache and
+# the stripe, not by the slide; mem_mb and runtime double on each retry (--retries).
 rule tile:
     input:
         slide=slide_path,
@@ -18,10 +19,12 @@ rule tile:
         "../../envs/slides.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: (2000 + 2 * config["cache_mb"]) * attempt,
+        mem_mb=lambda wildcards, threads, attempt: (
+            (1000 + threads * (200 + 2 * config["cache_mb"])) * attempt
+        ),
         runtime=lambda wildcards, attempt: 60 * attempt,
         cpus_per_task=lambda wildcards, threads: threads,
     shell:
         "multimag tile {input.slide:q} {output:q} --slide-id {wildcards.slide} "
         "--patient-id {params.patient:q} {params.mpp} --tissue {input.tissue:q} "
-        "--config {params.config:q} > {log} 2>&1"
+        "--config {params.config:q} --threads {threads} > {log} 2>&1"

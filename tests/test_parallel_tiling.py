@@ -1,0 +1,119 @@
+"""Tiling in worker processes: the same store as in one process, blocks that
+cover every patch once, and a worker's failure that fails the job cleanly."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import full_tissue
+from test_bad_input import assert_clean_failure
+
+import multimag.tiling as tiling
+from multimag.slide import open_slide
+from multimag.svs_writer import write_svs
+from multimag.tiling import TilingConfig, iter_patch_sets, new_tiles, plan_blocks, plan_patches
+
+
+def _digests(store: Path) -> dict[str, str]:
+    return {str(f.relative_to(store)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(store.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("reader", ["tiffslide", "openslide"])
+def test_worker_processes_write_the_same_store(fiducial_slide, tmp_path, monkeypatch, reader):
+    path, _ = fiducial_slide
+    monkeypatch.setattr(tiling, "MIN_BLOCK", 16)
+    stores = {}
+    for threads in (1, 3):
+        config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64,
+                              shard_patches=16, threads=threads)
+        with open_slide(path, reader=reader) as slide:
+            tissue = full_tissue(slide)
+            n = len(plan_patches(slide, tissue, config).centers)
+            stores[threads] = tmp_path / f"t{threads}.zarr"
+            tiling.tile_slide(slide, stores[threads], config, tissue=tissue)
+    assert n > 3 * 16
+    one, three = _digests(stores[1]), _digests(stores[3])
+    assert sum(name.startswith("mag_") and "/c/" in name for name in three) == 4 * -(-n // 16)
+    assert one == three
+
+
+def test_new_tiles_counts_every_decoded_tile_once(fiducial_slide):
+    path, _ = fiducial_slide
+    config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64)
+    with open_slide(path, cache_mb=1024, test_read=False) as slide:
+        patches = plan_patches(slide, full_tissue(slide), config)
+        decoded = []
+        original = slide._decode
+
+        def counting(level, ty, tx):
+            if slide._cache.get((level, 1, ty, tx)) is None:
+                decoded.append((level, ty, tx))
+            return original(level, ty, tx)
+
+        slide._decode = counting
+        cut = sum(1 for _ in iter_patch_sets(slide, patches))
+        tiles = new_tiles(slide, patches)
+    assert cut == len(patches.centers)
+    assert len(set(decoded)) == len(decoded) > 0  # a cache this big decodes each tile once
+    assert tiles.sum() == len(decoded)
+    assert tiles[0] > 0 and (tiles >= 0).all()
+
+
+def test_plan_blocks_cover_every_patch_once_in_whole_chunks():
+    assert plan_blocks(0, 64, 4) == []
+    assert plan_blocks(1000, 64, 4, min_block=1024) == [(0, 1000)]
+    for n, chunk, workers in [(1000, 64, 2), (5000, 64, 3), (4097, 64, 8), (130, 16, 4)]:
+        blocks = plan_blocks(n, chunk, workers, min_block=16)
+        assert 1 < len(blocks) <= workers
+        assert blocks[0][0] == 0 and blocks[-1][1] == n
+        assert all(a < b and b == c for (a, b), (c, _) in zip(blocks, blocks[1:], strict=False))
+        assert all(a % chunk == 0 for a, _ in blocks)
+        sizes = [b - a for a, b in blocks]
+        assert max(sizes) - min(sizes) <= chunk + n % chunk
+
+
+def test_plan_blocks_balance_cost_not_count():
+    """Patches that bring many tiles (a tissue edge) weigh more: the blocks split
+    the total cost evenly, so the expensive half gets fewer patches."""
+    n, chunk = 4096, 64
+    cost = np.ones(n)
+    cost[: n // 4] = 3.0  # the first quarter costs as much as the other three
+    blocks = plan_blocks(n, chunk, 2, min_block=64, cost=cost)
+    assert blocks == [(0, n // 4), (n // 4, n)]
+    halves = [cost[a:b].sum() for a, b in blocks]
+    assert halves[0] == halves[1]
+    assert plan_blocks(n, chunk, 2, min_block=64) == [(0, n // 2), (n // 2, n)]
+
+
+@pytest.mark.parametrize("reader", ["tiffslide", "openslide"])
+def test_a_tile_that_fails_in_a_worker_fails_the_job_cleanly(tmp_path, reader):
+    """The slide opens and its test read passes; a tile in the second block cannot
+    be decoded. The error reaches the command line as one line naming the slide and
+    the fix, and no store or temporary store is left."""
+    image = np.full((1800, 2200, 3), 245, np.uint8)
+    image[100:1700, 100:2100] = (200, 120, 180)
+    image[100:1700:7, 100:2100] = (90, 40, 120)  # texture, so tiles are not all alike
+    slide = tmp_path / "damaged.svs"
+    write_svs(slide, image, mpp=0.25, app_mag=40, tile=256)
+    with tifffile.TiffFile(slide) as tf:
+        page = tf.pages[0]
+        columns = -(-page.imagewidth // page.tilewidth)
+        index = 6 * columns + 7  # level-0 rows 1536-1792, columns 1792-2048: late in grid order
+        offset = page.dataoffsets[index]
+    with open(slide, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0" * 64)
+    out = tmp_path / "out" / "damaged.zarr"
+    out.parent.mkdir()
+    res = subprocess.run([sys.executable, "-m", "multimag.cli", "tile", str(slide), str(out),
+                          "--magnifications", "40", "20", "--patch-px", "32", "--reader",
+                          reader, "--no-progress"], capture_output=True, text=True)
+    line = assert_clean_failure(res, out, slide)
+    assert "decode" in line or "read" in line, line
