@@ -334,11 +334,16 @@ class TiffSlideSlide(Slide):
         th, tw = self.tile_size(level)
         th, tw = th // factor, tw // factor
         out = np.empty((h, w, 3), np.uint8)
+        cached = self._cache.get  # the hot loop of the tiler: one lookup per tile
         for ty in range(y // th, (y + h - 1) // th + 1):
+            y0 = ty * th
+            sy0 = max(y, y0)
             for tx in range(x // tw, (x + w - 1) // tw + 1):
-                tile = self._tile(level, factor, ty, tx)
-                y0, x0 = ty * th, tx * tw
-                sy0, sx0 = max(y, y0), max(x, x0)
+                tile = cached((level, factor, ty, tx))
+                if tile is None:
+                    tile = self._tile(level, factor, ty, tx)
+                x0 = tx * tw
+                sx0 = max(x, x0)
                 sy1, sx1 = min(y + h, y0 + tile.shape[0]), min(x + w, x0 + tile.shape[1])
                 out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
         return out

@@ -149,50 +149,43 @@ def resample_patch(slide: Slide, plan: MagPlan, cx: float, cy: float,
 
 
 @dataclass(frozen=True)
-class _Band:
-    """Patches of one run that are slices of their level reduced by ``factor``:
-    patch ``j`` is ``[y, y + side) x [xs[j], xs[j] + side)`` on that reduced grid."""
+class _Grid:
+    """Where a magnification's patches sit on their level reduced by an integer
+    ``factor`` (box filter): patch ``i`` is ``[y[i], y[i] + side) x [x[i], x[i] + side)``
+    on that grid where ``exact[i]``, i.e. its footprint falls on the grid."""
 
     factor: int
-    y: int
-    xs: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    exact: np.ndarray
 
-    @property
-    def x0(self) -> int:
-        return int(self.xs.min())
-
-    def width(self, side: int) -> int:
-        return int(self.xs.max()) + side - self.x0
-
-
-def _band(plan: MagPlan, centers: np.ndarray, resample: str) -> _Band | None:
-    """The run's patches as one band, when they all sit on an integer-reduced grid
-    (box filter, integer factor, footprints on that grid) and share a row."""
-    if resample != "box":
-        return None
-    f = round(plan.factor_x)
-    if f < 1 or abs(plan.factor_x - f) > _EPS or abs(plan.factor_y - f) > _EPS:
-        return None
-    boxes = footprints(centers, plan.extent)
-    x = boxes[:, 0] / plan.level.scale_x / f
-    y = boxes[:, 1] / plan.level.scale_y / f
-    xi, yi = np.rint(x), np.rint(y)
-    if np.abs(x - xi).max() > _EPS or np.abs(y - yi).max() > _EPS or (yi != yi[0]).any():
-        return None
-    return _Band(f, int(yi[0]), xi.astype(np.int64))
+    @classmethod
+    def of(cls, plan: MagPlan, centers: np.ndarray, resample: str) -> _Grid | None:
+        f = round(plan.factor_x)
+        if resample != "box" or f < 1 or abs(plan.factor_x - f) > _EPS \
+                or abs(plan.factor_y - f) > _EPS:
+            return None
+        boxes = footprints(centers, plan.extent)
+        x = boxes[:, 0] / plan.level.scale_x / f
+        y = boxes[:, 1] / plan.level.scale_y / f
+        xi, yi = np.rint(x), np.rint(y)
+        exact = (np.abs(x - xi) <= _EPS) & (np.abs(y - yi) <= _EPS)
+        return cls(f, xi.astype(np.int64), yi.astype(np.int64), exact)
 
 
-def _cut_run(slide: Slide, plan: MagPlan, centers: np.ndarray, resample: str
-             ) -> list[np.ndarray]:
-    """One run's patches at one magnification: views into one band when aligned."""
-    band = _band(plan, centers, resample)
-    if band is not None:
-        x0, side = band.x0, plan.side
-        pixels = slide.read_reduced(plan.level.index, band.factor, x0, band.y,
-                                    band.width(side), side)
+def _cut_run(slide: Slide, plan: MagPlan, grid: _Grid | None, centers: np.ndarray,
+             start: int, end: int, resample: str) -> list[np.ndarray]:
+    """Patches ``[start, end)`` (one run) at one magnification: views into one band of
+    the reduced level when they all lie on its grid in one row."""
+    if grid is not None and grid.exact[start:end].all() \
+            and (grid.y[start:end] == grid.y[start]).all():
+        xs, side = grid.x[start:end], plan.side
+        x0 = int(xs.min())
+        pixels = slide.read_reduced(plan.level.index, grid.factor, x0, int(grid.y[start]),
+                                    int(xs.max()) + side - x0, side)
         if pixels is not None:
-            return [pixels[:, x:x + side] for x in (band.xs - x0).tolist()]
-    return [resample_patch(slide, plan, cx, cy, resample) for cx, cy in centers]
+            return [pixels[:, x:x + side] for x in (xs - x0).tolist()]
+    return [resample_patch(slide, plan, cx, cy, resample) for cx, cy in centers[start:end]]
 
 
 def _runs(patches: PatchPlan) -> list[tuple[int, int]]:
@@ -210,9 +203,10 @@ def _runs(patches: PatchPlan) -> list[tuple[int, int]]:
 def iter_patch_sets(slide: Slide, patches: PatchPlan, resample: str = "box"
                     ) -> Iterator[list[np.ndarray]]:
     """Patch sets (one array per magnification, finest first) in grid order."""
+    grids = [_Grid.of(plan, patches.centers, resample) for plan in patches.plans]
     for start, end in _runs(patches):
-        centers = patches.centers[start:end]
-        per_mag = [_cut_run(slide, plan, centers, resample) for plan in patches.plans]
+        per_mag = [_cut_run(slide, plan, grid, patches.centers, start, end, resample)
+                   for plan, grid in zip(patches.plans, grids, strict=True)]
         yield from (list(patch_set) for patch_set in zip(*per_mag, strict=True))
 
 
