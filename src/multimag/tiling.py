@@ -21,7 +21,7 @@ process tiler 3,400-3,800 (benchmarks/README.md).
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import math
 import multiprocessing
 import os
@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +110,9 @@ class PatchPlan:
     def select(self, start: int, end: int) -> PatchPlan:
         """Patches ``[start, end)``, in the same order."""
         part = slice(start, end)
-        return dataclasses.replace(self, centers=self.centers[part], tissue=self.tissue[part],
-                                   rows=self.rows[part], cols=self.cols[part],
-                                   stripes=self.stripes[part])
+        return replace(self, centers=self.centers[part], tissue=self.tissue[part],
+                       rows=self.rows[part], cols=self.cols[part],
+                       stripes=self.stripes[part])
 
 
 def plan_patches(slide: Slide, tissue: TissueMask, config: TilingConfig) -> PatchPlan:
@@ -278,16 +278,8 @@ def plan_blocks(n: int, chunk: int, workers: int, min_block: int | None = None,
 def _cut_block(slide: Slide, patches: PatchPlan, first: int, sink: Sink, chunk: int,
                resample: str, done: Callable[[int], None]) -> int:
     """Cut ``patches`` (global indices from ``first``) and pass them on chunk by chunk."""
-    sets: list[list[np.ndarray]] = []
-    n = 0
-    for patch_set in iter_patch_sets(slide, patches, resample):
-        sets.append(patch_set)
-        if len(sets) == chunk:
-            sink(first + n, sets)
-            n += len(sets)
-            done(len(sets))
-            sets = []
-    if sets:
+    patch_sets, n = iter_patch_sets(slide, patches, resample), 0
+    while sets := list(itertools.islice(patch_sets, chunk)):
         sink(first + n, sets)
         n += len(sets)
         done(len(sets))
