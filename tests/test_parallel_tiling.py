@@ -4,8 +4,11 @@ cover every patch once, and a worker's failure that fails the job cleanly."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from test_bad_input import assert_clean_failure
 import multimag.tiling as tiling
 from multimag.slide import open_slide
 from multimag.svs_writer import write_svs
-from multimag.tiling import TilingConfig, iter_patch_sets, new_tiles, plan_blocks, plan_patches
+from multimag.tiling import TileUse, TilingConfig, iter_patch_sets, plan_blocks, plan_patches
 
 
 def _digests(store: Path) -> dict[str, str]:
@@ -59,7 +62,7 @@ def test_new_tiles_counts_every_decoded_tile_once(fiducial_slide):
 
         slide._decode = counting
         cut = sum(1 for _ in iter_patch_sets(slide, patches))
-        tiles = new_tiles(slide, patches)
+        tiles = TileUse.of(slide, patches).new
     assert cut == len(patches.centers)
     assert len(set(decoded)) == len(decoded) > 0  # a cache this big decodes each tile once
     assert tiles.sum() == len(decoded)
@@ -117,3 +120,93 @@ def test_a_tile_that_fails_in_a_worker_fails_the_job_cleanly(tmp_path, reader):
                           reader, "--no-progress"], capture_output=True, text=True)
     line = assert_clean_failure(res, out, slide)
     assert "decode" in line or "read" in line, line
+
+
+def test_chunk_claims_meet_without_gap_or_overlap():
+    """Two workers take runs of chunks from the two ends of each segment until they
+    meet: every chunk once, forwards ascending, backwards descending, short at the end."""
+    claims = tiling.ChunkClaims([(0, 37), (37, 40)])
+    taken = {False: [], True: []}
+    rng = np.random.default_rng(3)
+    while (claim := claims.take(0, backward := bool(rng.integers(2)))) is not None:
+        taken[backward].append(claim)
+    forwards, backwards = taken[False], taken[True]
+    assert forwards and backwards
+    assert all(b == c for (_, b), (c, _) in zip(forwards, forwards[1:], strict=False))
+    assert all(a == d for (a, _), (_, d) in zip(backwards, backwards[1:], strict=False))
+    chunks = sorted(i for a, b in forwards + backwards for i in range(a, b))
+    assert chunks == list(range(37))
+    assert min(b - a for a, b in forwards + backwards) == 1
+    assert max(b - a for a, b in forwards + backwards) == 37 // 4
+    assert claims.take(1, True) == (39, 40) and claims.take(1, False) == (37, 38)
+
+
+@dataclass(frozen=True)
+class _SlowFront:
+    """A sink that is slow for the first half of the patches and notes who cut what."""
+
+    folder: Path
+    slow_below: int
+
+    def __call__(self, first: int, sets) -> None:
+        if first < self.slow_below:
+            time.sleep(0.1)
+        (self.folder / f"{first}-{os.getpid()}").write_text(str(len(sets)))
+
+
+def test_a_slow_worker_is_relieved_by_its_partner(fiducial_slide, tmp_path):
+    """The worker cutting forwards is slowed down (its sink sleeps): the one cutting
+    backwards carries on past the planned middle, and every chunk is cut once."""
+    path, _ = fiducial_slide
+    config = TilingConfig(magnifications=(40.0, 10.0), patch_px=64)
+    with open_slide(path) as slide:
+        patches = plan_patches(slide, full_tissue(slide), config)
+        n = len(patches.centers)
+        with tiling.BlockCutter(slide, patches, workers=2, chunk=64, min_block=64) as cutter:
+            assert len(cutter.blocks) == 2
+            middle = cutter.blocks[1][0]
+            assert cutter.run(_SlowFront(tmp_path, middle)) == n
+    cut = [tuple(map(int, f.name.split("-"))) for f in tmp_path.iterdir()]
+    assert sorted(first for first, _ in cut) == list(range(0, n, 64))
+    assert sum(int(f.read_text()) for f in tmp_path.iterdir()) == n
+    backwards = {pid for first, pid in cut if first == max(f for f, _ in cut)}.pop()
+    done_backwards = [first for first, pid in cut if pid == backwards]
+    assert min(done_backwards) < middle  # it went on into the slow half
+    assert len(done_backwards) > len(cut) // 2
+
+
+def test_tiles_shared_by_stripes_are_decoded_once(fiducial_slide):
+    """With a cache too small for a stripe, the tiles on the edges between stripes
+    fall out of it before the next stripe reads them; set aside (TileUse.shared), each
+    tile is decoded once, and the patches are the same."""
+    path, _ = fiducial_slide
+    config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64,
+                          stripe_columns=24)
+    decoded, digests = {}, {}
+    for keep in (False, True):
+        with open_slide(path, cache_mb=16, test_read=False) as slide:
+            patches = plan_patches(slide, full_tissue(slide), config)
+            use = tiling.TileUse.of(slide, patches)
+            if keep:
+                slide.keep(use.shared)
+            decoded[keep] = []
+            original = slide._decode
+
+            def counting(level, ty, tx, slide=slide, log=decoded[keep], original=original):
+                if slide._cache.get((level, 1, ty, tx)) is None:
+                    log.append((level, ty, tx))
+                return original(level, ty, tx)
+
+            slide._decode = counting
+            digest = hashlib.sha256()
+            for patch_set in iter_patch_sets(slide, patches):
+                for patch in patch_set:
+                    digest.update(np.ascontiguousarray(patch))
+            digests[keep] = digest.hexdigest()
+    assert patches.stripes.max() >= 2 and use.shared
+    assert {key[:2] for key in use.shared} >= {(0, 1), (0, 2)}  # full and reduced versions
+    unique = len(set(decoded[False]))
+    assert unique == use.new.sum()
+    assert len(decoded[False]) > unique  # without: edge tiles decoded again
+    assert len(decoded[True]) == unique
+    assert digests[False] == digests[True]

@@ -117,6 +117,11 @@ class Slide:
         """(tile height, tile width) of a level when reads are tile-based, else None."""
         return None
 
+    def keep(self, tiles: set[tuple[int, int, int, int]]) -> None:
+        """Tiles ``(level, factor, tile row, tile column)``, reduced by ``factor``, that
+        will be read again long after their neighbours: a reader with a cache sets
+        them aside rather than dropping them when it is full."""
+
     def close(self) -> None:
         pass
 
@@ -204,17 +209,26 @@ def _positive_float(value: object) -> float | None:
 # -- tiffslide: tifffile tiles, decoded once ------------------------------------------------
 
 class _TileCache:
-    """Byte-bounded LRU of decoded (and reduced) tiles."""
+    """Byte-bounded LRU of decoded (and reduced) tiles. Tiles in ``keep`` that fall
+    out of it are set aside until they are next read, up to half as many bytes again
+    (beyond that, the longest set aside are dropped)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.keep: set[tuple] = set()
+        self._aside: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.aside_bytes = 0
 
     def get(self, key: tuple) -> np.ndarray | None:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
+        elif self._aside and (item := self._aside.pop(key, None)) is not None:
+            self.aside_bytes -= item.nbytes
+            self.keep.discard(key)  # back in use: the LRU keeps it from here on
+            self.put(key, item)
         return item
 
     def put(self, key: tuple, value: np.ndarray) -> None:
@@ -223,8 +237,13 @@ class _TileCache:
         self._items[key] = value
         self.bytes += value.nbytes
         while self.bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
+            old_key, old = self._items.popitem(last=False)
             self.bytes -= old.nbytes
+            if old_key in self.keep:
+                self._aside[old_key] = old
+                self.aside_bytes += old.nbytes
+                while self.aside_bytes > self.max_bytes // 2:
+                    self.aside_bytes -= self._aside.popitem(last=False)[1].nbytes
 
 
 class TiffSlideSlide(Slide):
@@ -281,6 +300,9 @@ class TiffSlideSlide(Slide):
                     f"truncated: level {self._pages.index(page)} needs {int(ends.max())} bytes "
                     f"but the file has {size}", slide=self.slide_id, path=path,
                     fix=_fix_for(path))
+
+    def keep(self, tiles: set[tuple[int, int, int, int]]) -> None:
+        self._cache.keep = set(tiles)
 
     def tile_size(self, level: int) -> tuple[int, int] | None:
         page = self._pages[level]

@@ -11,16 +11,22 @@ own level region with PIL's anti-aliased filter, on the level's own pixel grid.
 
 Parallelism: the patches are split into one contiguous block of whole shards
 per worker process (:func:`plan_blocks`); each process reopens the slide, cuts
-its block, and hands every shard's worth of patch sets to a sink (the store's
-:class:`~multimag.store.ShardWriter`, which encodes and writes the shard).
-Processes, not threads: a process per block shares nothing with the others (no
-locks, no hand-offs, no GIL) and encodes and writes its own shards; on the
-benchmark slide the thread tiler cut 2,600-3,100 patch sets/s on 2 cores, the
-process tiler 3,400-3,800 (benchmarks/README.md).
+its share, and hands every shard's worth of patch sets to a sink (the store's
+:class:`~multimag.store.ShardWriter`, which encodes and writes the shard). Two
+blocks make a segment that their two workers cut from both ends until they meet
+(:class:`ChunkClaims`), so neither waits for the other. Processes, not threads: a
+process shares nothing with the others (no hand-offs, no GIL) and encodes and
+writes its own shards; on the benchmark slide the thread tiler cut 2,600-3,100
+patch sets/s on 2 cores, the process tiler 3,400-3,800 (benchmarks/README.md).
+
+Tiles on the edge between two stripes are read by both, a whole stripe apart:
+the reader sets them aside instead of dropping them (:class:`TileUse`), so each
+source tile is decoded once per worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import multiprocessing
@@ -222,33 +228,71 @@ MIN_BLOCK = 1024  # patch sets; fewer are cut in the calling process
 TILE_WEIGHT = 3.0
 
 
-def new_tiles(slide: Slide, patches: PatchPlan) -> np.ndarray | None:
-    """For each patch, in order, how many source tiles it is the first to need: the
-    decoding it brings to the block that cuts it. None when reads are not tile-based."""
-    n = len(patches.centers)
-    ids, owners = [], []
-    for plan in patches.plans:
-        lv = plan.level
-        size = slide.tile_size(lv.index)
-        if size is None:
-            return None
-        th, tw = size
-        box = footprints(patches.centers, plan.extent) / ([lv.scale_x, lv.scale_y] * 2)
-        x0 = np.clip(np.floor(box[:, 0]), 0, lv.width - 1).astype(np.int64) // tw
-        y0 = np.clip(np.floor(box[:, 1]), 0, lv.height - 1).astype(np.int64) // th
-        x1 = np.clip(np.ceil(box[:, 2]) - 1, 0, lv.width - 1).astype(np.int64) // tw
-        y1 = np.clip(np.ceil(box[:, 3]) - 1, 0, lv.height - 1).astype(np.int64) // th
-        for dy in range(int((y1 - y0).max(initial=0)) + 1):
-            for dx in range(int((x1 - x0).max(initial=0)) + 1):
-                ok = (y0 + dy <= y1) & (x0 + dx <= x1)
-                ids.append((lv.index << 42) + ((y0[ok] + dy) << 21) + x0[ok] + dx)
-                owners.append(np.flatnonzero(ok))
-    if not ids:
-        return np.zeros(n, np.int64)
-    ids, owners = np.concatenate(ids), np.concatenate(owners)
-    order = np.argsort(owners, kind="stable")
-    _, first = np.unique(ids[order], return_index=True)  # first = lowest owner of each id
-    return np.bincount(owners[order][first], minlength=n)
+_ROW, _LEVEL = 21, 42  # bit offsets of a tile's row and level in its id
+
+
+@dataclass(frozen=True)
+class TileUse:
+    """How a cut uses the slide's tiles (tile-based readers only).
+
+    ``new[i]``: how many tiles patch ``i`` is the first to read, i.e. the decoding it
+    brings to the block that cuts it. ``shared``: ``(level, factor, row, col)`` of
+    every version read (reduced by ``factor``) of the tiles that patches of more than
+    one stripe read: a stripe's edge tiles, which the next stripe reads again long
+    after the reader's cache has dropped them (3.4% more decodes on the benchmark
+    slide); the reader sets them aside instead (:meth:`~multimag.slide.Slide.keep`).
+    """
+
+    new: np.ndarray
+    shared: set[tuple[int, int, int, int]]
+
+    @classmethod
+    def of(cls, slide: Slide, patches: PatchPlan, resample: str = "box") -> TileUse | None:
+        """None when the reader's reads are not tile-based."""
+        n = len(patches.centers)
+        tiles, factors, owners = [], [], []
+        for plan in patches.plans:
+            lv = plan.level
+            size = slide.tile_size(lv.index)
+            if size is None:
+                return None
+            th, tw = size
+            box = footprints(patches.centers, plan.extent) / ([lv.scale_x, lv.scale_y] * 2)
+            grid = _Grid.of(plan, patches.centers, resample)
+            exact = np.zeros(n, bool) if grid is None else grid.exact
+            factor = np.ones(n, np.int64)  # the reader reduces whole tiles by the factor
+            if grid is not None and th % grid.factor == 0 and tw % grid.factor == 0:
+                factor[exact] = grid.factor
+            margin = _margin(plan, resample)  # what resample_patch reads around a footprint
+            box = np.where(exact[:, None], box, np.c_[np.floor(box[:, :2]) - margin,
+                                                      np.ceil(box[:, 2:]) + margin])
+            x0 = np.clip(np.floor(box[:, 0]), 0, lv.width - 1).astype(np.int64) // tw
+            y0 = np.clip(np.floor(box[:, 1]), 0, lv.height - 1).astype(np.int64) // th
+            x1 = np.clip(np.ceil(box[:, 2]) - 1, 0, lv.width - 1).astype(np.int64) // tw
+            y1 = np.clip(np.ceil(box[:, 3]) - 1, 0, lv.height - 1).astype(np.int64) // th
+            for dy in range(int((y1 - y0).max(initial=0)) + 1):
+                for dx in range(int((x1 - x0).max(initial=0)) + 1):
+                    ok = (y0 + dy <= y1) & (x0 + dx <= x1)
+                    tiles.append((lv.index << _LEVEL) + ((y0[ok] + dy) << _ROW) + x0[ok] + dx)
+                    factors.append(factor[ok])
+                    owners.append(np.flatnonzero(ok))
+        if n == 0 or not tiles:
+            return cls(np.zeros(n, np.int64), set())
+        order = np.argsort(np.concatenate(tiles))
+        tile, factor = np.concatenate(tiles)[order], np.concatenate(factors)[order]
+        owner = np.concatenate(owners)[order]
+        starts = np.flatnonzero(np.r_[True, tile[1:] != tile[:-1]])
+        first = np.minimum.reduceat(owner, starts)
+        # patches are in stripe order: a tile is shared if its first and last readers'
+        # stripes differ
+        shared = patches.stripes[first] != patches.stripes[np.maximum.reduceat(owner, starts)]
+        read = np.repeat(shared, np.diff(np.r_[starts, len(tile)]))
+        keys = np.unique((tile[read] << 8) + factor[read])  # factor < 256
+        row_mask = 2**_ROW - 1
+        return cls(np.bincount(first, minlength=n), set(zip(
+            (keys >> (_LEVEL + 8)).tolist(), (keys & 255).tolist(),
+            ((keys >> (_ROW + 8)) & row_mask).tolist(), ((keys >> 8) & row_mask).tolist(),
+            strict=True)))
 
 
 def plan_blocks(n: int, chunk: int, workers: int, min_block: int | None = None,
@@ -275,23 +319,66 @@ def plan_blocks(n: int, chunk: int, workers: int, min_block: int | None = None,
             if a < b]
 
 
-def _cut_block(slide: Slide, patches: PatchPlan, first: int, sink: Sink, chunk: int,
-               resample: str, done: Callable[[int], None]) -> int:
-    """Cut ``patches`` (global indices from ``first``) and pass them on chunk by chunk."""
-    patch_sets, n = iter_patch_sets(slide, patches, resample), 0
-    while sets := list(itertools.islice(patch_sets, chunk)):
-        sink(first + n, sets)
-        n += len(sets)
-        done(len(sets))
+class ChunkClaims:
+    """Which chunks of each segment are still to cut. Two workers share a segment,
+    one taking runs of chunks from its front (forwards), the other from its back
+    (backwards), until they meet: the segment is split where the faster worker got
+    to, so neither waits for the other, and it has one edge between them (tiles
+    decoded twice) wherever it falls. Each claim is a quarter of what is left (at
+    least one chunk), so a worker cuts long runs of rows in one go and the last
+    claims are short. Shared between processes when made with a multiprocessing
+    ``context``; segments are ``[start, end)`` in chunks."""
+
+    def __init__(self, segments: Sequence[tuple[int, int]], context=None) -> None:
+        bounds = [x for segment in segments for x in segment]
+        self._bounds = context.Array("q", bounds) if context is not None else bounds
+
+    def take(self, segment: int, backward: bool) -> tuple[int, int] | None:
+        """Chunks ``[start, end)`` from the back or front of ``segment``; None when
+        none is left."""
+        lock = getattr(self._bounds, "get_lock", None)
+        with lock() if lock is not None else contextlib.nullcontext():
+            front, back = self._bounds[2 * segment], self._bounds[2 * segment + 1]
+            if front >= back:
+                return None
+            size = max(1, (back - front) // 4)
+            if backward:
+                self._bounds[2 * segment + 1] = back - size
+                return back - size, back
+            self._bounds[2 * segment] = front + size
+            return front, front + size
+
+
+def _cut_chunks(slide: Slide, patches: PatchPlan, claims: ChunkClaims, segment: int,
+                backward: bool, sink: Sink, chunk: int, resample: str,
+                keep: set[tuple[int, int, int, int]], done: Callable[[int], None]) -> int:
+    """Cut the chunks of ``segment`` this worker claims and pass each one on."""
+    slide.keep(keep)
+    n = 0
+    while (claim := claims.take(segment, backward)) is not None:
+        first, end = (min(index * chunk, len(patches.centers)) for index in claim)
+        # forwards in one go; backwards chunk by chunk from the last, so that each
+        # chunk's tiles are still in the cache when the chunk before it is cut
+        parts = [(a, min(a + chunk, end)) for a in range(first, end, chunk)][::-1] \
+            if backward else [(first, end)]
+        for start, stop in parts:
+            patch_sets = iter_patch_sets(slide, patches.select(start, stop), resample)
+            while sets := list(itertools.islice(patch_sets, chunk)):
+                sink(start, sets)
+                start += len(sets)
+                n += len(sets)
+                done(len(sets))
     return n
 
 
-_counter = None  # in a worker process: the shared count of patch sets cut
+# in a worker process: the shared count of patch sets cut, and the chunks still to cut
+_counter = None
+_claims: ChunkClaims | None = None
 
 
-def _init_worker(counter) -> None:
-    global _counter
-    _counter = counter
+def _init_worker(counter, claims: ChunkClaims) -> None:
+    global _counter, _claims
+    _counter, _claims = counter, claims
 
 
 def _count(k: int) -> None:
@@ -299,10 +386,12 @@ def _count(k: int) -> None:
         _counter.value += k
 
 
-def _cut_block_in_worker(source: SlideSource, patches: PatchPlan, first: int, sink: Sink,
-                         chunk: int, resample: str) -> int:
+def _cut_chunks_in_worker(source: SlideSource, patches: PatchPlan, segment: int,
+                          backward: bool, sink: Sink, chunk: int, resample: str,
+                          keep: set[tuple[int, int, int, int]]) -> int:
     with source.open() as slide:
-        return _cut_block(slide, patches, first, sink, chunk, resample, _count)
+        return _cut_chunks(slide, patches, _claims, segment, backward, sink, chunk, resample,
+                           keep, _count)
 
 
 def _usable_cpus() -> int:
@@ -325,6 +414,11 @@ class BlockCutter:
     """Cuts a slide's planned patches in blocks, one worker process per block (or in
     this process when there is one block), passing every chunk to a sink.
 
+    Blocks are paired into segments (:class:`ChunkClaims`): the worker of a pair's
+    first block cuts the segment forwards from its start, the other backwards from
+    its end, so a pair finishes together however the cost was misjudged or a
+    neighbour slowed one of them down.
+
     Create it before anything starts a thread (zarr does): its workers are forked
     at once, while that is safe. Use as a context manager; on an error the workers
     are stopped before the caller cleans up what they were writing.
@@ -333,29 +427,34 @@ class BlockCutter:
     def __init__(self, slide: Slide, patches: PatchPlan, *, resample: str = "box",
                  workers: int = 1, chunk: int = 64, min_block: int | None = None) -> None:
         self.slide, self.patches, self.resample, self.chunk = slide, patches, resample, chunk
-        workers = min(workers, _usable_cpus())
-        tiles = new_tiles(slide, patches) if workers > 1 else None
-        self.blocks = plan_blocks(len(patches.centers), chunk, workers, min_block,
-                                  None if tiles is None else 1 + TILE_WEIGHT * tiles)
+        workers, n = min(workers, _usable_cpus()), len(patches.centers)
+        use = TileUse.of(slide, patches, resample)
+        self.keep = set() if use is None else use.shared
+        self.blocks = plan_blocks(n, chunk, workers, min_block,
+                                  None if use is None else 1 + TILE_WEIGHT * use.new)
+        edges = [a // chunk for a, _ in self.blocks] + [-(-n // chunk)]
+        self.segments = [(edges[i], edges[min(i + 2, len(self.blocks))])
+                         for i in range(0, len(self.blocks), 2)]  # in chunks
         self._pool: ProcessPoolExecutor | None = None
         if len(self.blocks) > 1:
             context = multiprocessing.get_context(_start_method())
             self._counter = context.Value("q", 0)
-            self._pool = ProcessPoolExecutor(len(self.blocks), mp_context=context,
-                                             initializer=_init_worker,
-                                             initargs=(self._counter,))
+            self._pool = ProcessPoolExecutor(
+                len(self.blocks), mp_context=context, initializer=_init_worker,
+                initargs=(self._counter, ChunkClaims(self.segments, context)))
             self._pool.submit(os.getpid).result()  # fork every worker now
 
     def run(self, sink: Sink, progress: Callable[[int], None] = lambda k: None) -> int:
         """Cut every block; returns the number of patch sets passed to ``sink``.
         ``progress(k)`` is called in this process as ``k`` more sets are done."""
         if self._pool is None:
-            return sum(_cut_block(self.slide, self.patches.select(a, b), a, sink, self.chunk,
-                                  self.resample, progress) for a, b in self.blocks)
+            return _cut_chunks(self.slide, self.patches, ChunkClaims(self.segments), 0, False,
+                               sink, self.chunk, self.resample, self.keep, progress
+                               ) if self.segments else 0
         source = self.slide.source()
-        futures = [self._pool.submit(_cut_block_in_worker, source, self.patches.select(a, b),
-                                     a, sink, self.chunk, self.resample)
-                   for a, b in self.blocks]
+        futures = [self._pool.submit(_cut_chunks_in_worker, source, self.patches, i // 2,
+                                     i % 2 == 1, sink, self.chunk, self.resample, self.keep)
+                   for i in range(len(self.blocks))]
         reported, pending = 0, set(futures)
         try:
             while pending:
