@@ -17,9 +17,9 @@ c. multimag extraction before storage: ``BlockCutter`` (what ``multimag tile``
 d. the JPEG-decode bound of (c): every source tile under the footprints of (c)'s
    patches (from the plans: ``MagPlan.level_box``), decoded once with
    ``page.decode`` (imagecodecs through tifffile, as multimag does), shared
-   between 2 processes; expressed as patch sets per second of decode time;
-   d_t is the same in 2 threads of one process (the GIL holds it back), the
-   bound this table used before the tiler moved to processes;
+   between 2 processes started and warmed up before the clock starts; expressed
+   as patch sets per second of decode time; d_t is the same in 2 threads of one
+   process. The target c / d is judged against the faster of d and d_t;
 e. end to end: ``multimag tile SLIDE OUT.zarr`` as a subprocess (tissue
    detection, planning, cutting, JPEG encoding, shard writes), all kept patches,
    under ``/usr/bin/time -v`` for peak RSS and CPU time.
@@ -205,7 +205,7 @@ def unique_tiles(tiles: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, in
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> int:
+def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> tuple[int, float]:
     """Decode these ``((level, tile_row, tile_col), factors)`` as multimag's reader
     does (pread + page.decode); with ``reduce`` also area-reduce each decoded tile by
     the factors it is needed at (``multimag.slide.reduce_pixels``, as the reader does)."""
@@ -213,6 +213,7 @@ def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> int:
 
     from multimag.slide import reduce_pixels
 
+    cpu0 = time.thread_time()
     with tiffslide.TiffSlide(str(slide_path)) as ts:
         pages = [lvl.keyframe for lvl in ts.ts_tifffile.series[0].levels]
         fd = os.open(slide_path, os.O_RDONLY)
@@ -228,23 +229,34 @@ def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> int:
                     reduce_pixels(arr, f)
         finally:
             os.close(fd)
-    return len(tiles)
+    return len(tiles), time.thread_time() - cpu0  # tiles decoded, CPU seconds it took
 
 
 def decode_bound(slide_path: Path, tiles: dict, reduce: bool = False,
                  threads: bool = False) -> tuple[Timer, int]:
     """Every listed tile decoded once, in THREADS processes (each takes every
-    THREADS-th tile), or with ``threads`` in THREADS threads of this process."""
+    THREADS-th tile), or with ``threads`` in THREADS threads of this process.
+
+    The processes are forked and warmed up (each decodes a few of its tiles) before
+    the clock starts, so d is decoding alone: the forks' start-up and their first
+    touches of memory shared with this process made d vary by 15% between
+    repetitions of one run (2026-11-28)."""
     items = sorted(tiles.items())
     shares = [items[i::THREADS] for i in range(THREADS)]
     if threads:
         pool = ThreadPoolExecutor(THREADS)
     else:
         pool = ProcessPoolExecutor(THREADS, mp_context=multiprocessing.get_context("fork"))
-    with Timer() as t, pool:
-        n = sum(pool.map(_decode_tiles, [slide_path] * len(shares), shares,
-                         [reduce] * len(shares)))
-    return t, n
+        list(pool.map(_decode_tiles, [slide_path] * THREADS, [share[:16] for share in shares],
+                      [reduce] * THREADS))
+    with pool, Timer() as t:
+        done = list(pool.map(_decode_tiles, [slide_path] * len(shares), shares,
+                             [reduce] * len(shares)))
+    if not threads:  # the workers' CPU is neither this process's nor a reaped child's
+        cpu = sum(c for _, c in done)
+        t.cpu += cpu
+        t.others = max(0.0, t.others - cpu / t.wall)
+    return t, sum(n for n, _ in done)
 
 
 # -- e: end to end -------------------------------------------------------------------------
@@ -451,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{limit}" + (" (all kept)" if limit == n_all else " (grid-order prefix)")),
         ("d", f"JPEG-decode bound of c: {n_tiles} source tiles decoded once, {THREADS} "
          "processes", f"{limit}"),
-        ("dt", f"d_t (for information): d in {THREADS} threads of one process", f"{limit}"),
+        ("dt", f"d_t: d in {THREADS} threads of one process", f"{limit}"),
         ("d2", f"d' (for information): d + the {n_reduce} integer box reductions of those "
          "tiles that c also does (`reduce_pixels`)", f"{limit}"),
         ("e", "end to end: `multimag tile` into Zarr (subprocess, incl. startup + tissue)",
@@ -502,12 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| e / a: end to end vs level-0 per-patch reads | {ea:.1f}x | | |")
     cb = med(res["c"]) / med(res["b"])
     lines.append(f"| c / b: extraction vs best-level per-patch reads | {cb:.1f}x | | |")
-    cd = med(res["c"]) / med(res["d"])
-    lines.append(f"| c / d: extraction vs JPEG-decode bound | {cd:.0%} | "
-                 f">= {TARGETS['c_over_d']:.0%} | {verdict(cd >= TARGETS['c_over_d'])} |")
+    cd = med(res["c"]) / max(med(res["d"]), med(res["dt"]))  # the tighter bound
+    lines.append(f"| c / d: extraction vs JPEG-decode bound (the faster of d and d_t) "
+                 f"| {cd:.0%} | >= {TARGETS['c_over_d']:.0%} "
+                 f"| {verdict(cd >= TARGETS['c_over_d'])} |")
     lines.append(f"| c / d': extraction vs decode + reduce bound | "
                  f"{med(res['c']) / med(res['d2']):.0%} | | |")
-    lines.append(f"| c / d_t: extraction vs the decode bound in threads | "
+    lines.append(f"| c / d (processes), c / d_t (threads) | {med(res['c']) / med(res['d']):.0%}, "
                  f"{med(res['c']) / med(res['dt']):.0%} | | |")
     if e_info:
         rss = med([e["rss_mb"] for e in e_info])
