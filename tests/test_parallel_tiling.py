@@ -47,7 +47,7 @@ def test_worker_processes_write_the_same_store(fiducial_slide, tmp_path, monkeyp
     assert one == three
 
 
-def test_new_tiles_counts_every_decoded_tile_once(fiducial_slide):
+def test_tile_use_counts_every_decoded_tile_once(fiducial_slide):
     path, _ = fiducial_slide
     config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64)
     with open_slide(path, cache_mb=1024, test_read=False) as slide:
@@ -177,7 +177,7 @@ def test_a_slow_worker_is_relieved_by_its_partner(fiducial_slide, tmp_path):
 
 def test_tiles_shared_by_stripes_are_decoded_once(fiducial_slide):
     """With a cache too small for a stripe, the tiles on the edges between stripes
-    fall out of it before the next stripe reads them; set aside (TileUse.shared), each
+    fall out of it before the next stripe reads them; set aside (TileUse.again), each
     tile is decoded once, and the patches are the same."""
     path, _ = fiducial_slide
     config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64,
@@ -188,7 +188,7 @@ def test_tiles_shared_by_stripes_are_decoded_once(fiducial_slide):
             patches = plan_patches(slide, full_tissue(slide), config)
             use = tiling.TileUse.of(slide, patches)
             if keep:
-                slide.keep(use.shared)
+                slide.keep(use.again[0])  # iter_patch_sets goes forwards
             decoded[keep] = []
             original = slide._decode
 
@@ -203,8 +203,11 @@ def test_tiles_shared_by_stripes_are_decoded_once(fiducial_slide):
                 for patch in patch_set:
                     digest.update(np.ascontiguousarray(patch))
             digests[keep] = digest.hexdigest()
-    assert patches.stripes.max() >= 2 and use.shared
-    assert {key[:2] for key in use.shared} >= {(0, 1), (0, 2)}  # full and reduced versions
+    forwards, backwards = use.again
+    assert patches.stripes.max() >= 2 and forwards and backwards
+    assert {key[:2] for key in forwards} >= {(0, 1), (0, 2)}  # full and reduced versions
+    # a version that only the first stripe to decode a tile reads is not kept
+    assert forwards != backwards
     unique = len(set(decoded[False]))
     assert unique == use.new.sum()
     assert len(decoded[False]) > unique  # without: edge tiles decoded again

@@ -236,15 +236,17 @@ class TileUse:
     """How a cut uses the slide's tiles (tile-based readers only).
 
     ``new[i]``: how many tiles patch ``i`` is the first to read, i.e. the decoding it
-    brings to the block that cuts it. ``shared``: ``(level, factor, row, col)`` of
-    every version read (reduced by ``factor``) of the tiles that patches of more than
-    one stripe read: a stripe's edge tiles, which the next stripe reads again long
-    after the reader's cache has dropped them (3.4% more decodes on the benchmark
-    slide); the reader sets them aside instead (:meth:`~multimag.slide.Slide.keep`).
+    brings to the block that cuts it. ``again[backward]``: ``(level, factor, row,
+    col)`` of the tile versions (reduced by ``factor``) that a stripe reads after
+    another stripe decoded the tile, when the stripes are cut forwards (``again[0]``)
+    or backwards (``again[1]``): a stripe's edge tiles, which the next stripe reads
+    long after the reader's cache has dropped them (3.4% more decodes on the
+    benchmark slide); the reader sets them aside instead
+    (:meth:`~multimag.slide.Slide.keep`).
     """
 
     new: np.ndarray
-    shared: set[tuple[int, int, int, int]]
+    again: tuple[set[tuple[int, int, int, int]], set[tuple[int, int, int, int]]]
 
     @classmethod
     def of(cls, slide: Slide, patches: PatchPlan, resample: str = "box") -> TileUse | None:
@@ -277,22 +279,26 @@ class TileUse:
                     factors.append(factor[ok])
                     owners.append(np.flatnonzero(ok))
         if n == 0 or not tiles:
-            return cls(np.zeros(n, np.int64), set())
+            return cls(np.zeros(n, np.int64), (set(), set()))
         order = np.argsort(np.concatenate(tiles))
         tile, factor = np.concatenate(tiles)[order], np.concatenate(factors)[order]
         owner = np.concatenate(owners)[order]
         starts = np.flatnonzero(np.r_[True, tile[1:] != tile[:-1]])
         first = np.minimum.reduceat(owner, starts)
-        # patches are in stripe order: a tile is shared if its first and last readers'
-        # stripes differ
-        shared = patches.stripes[first] != patches.stripes[np.maximum.reduceat(owner, starts)]
-        read = np.repeat(shared, np.diff(np.r_[starts, len(tile)]))
-        keys = np.unique((tile[read] << 8) + factor[read])  # factor < 256
+        reads = np.diff(np.r_[starts, len(tile)])  # of each tile
+        stripe = patches.stripes[owner]  # patches are in stripe order
+        first_stripe = np.repeat(patches.stripes[first], reads)
+        last_stripe = np.repeat(patches.stripes[np.maximum.reduceat(owner, starts)], reads)
         row_mask = 2**_ROW - 1
-        return cls(np.bincount(first, minlength=n), set(zip(
-            (keys >> (_LEVEL + 8)).tolist(), (keys & 255).tolist(),
-            ((keys >> (_ROW + 8)) & row_mask).tolist(), ((keys >> 8) & row_mask).tolist(),
-            strict=True)))
+
+        def versions(read: np.ndarray) -> set[tuple[int, int, int, int]]:
+            keys = np.unique((tile[read] << 8) + factor[read])  # factor < 256
+            return set(zip((keys >> (_LEVEL + 8)).tolist(), (keys & 255).tolist(),
+                           ((keys >> (_ROW + 8)) & row_mask).tolist(),
+                           ((keys >> 8) & row_mask).tolist(), strict=True))
+
+        return cls(np.bincount(first, minlength=n),
+                   (versions(stripe > first_stripe), versions(stripe < last_stripe)))
 
 
 def plan_blocks(n: int, chunk: int, workers: int, min_block: int | None = None,
@@ -429,7 +435,7 @@ class BlockCutter:
         self.slide, self.patches, self.resample, self.chunk = slide, patches, resample, chunk
         workers, n = min(workers, _usable_cpus()), len(patches.centers)
         use = TileUse.of(slide, patches, resample)
-        self.keep = set() if use is None else use.shared
+        self.keep = (set(), set()) if use is None else use.again  # forwards, backwards
         self.blocks = plan_blocks(n, chunk, workers, min_block,
                                   None if use is None else 1 + TILE_WEIGHT * use.new)
         edges = [a // chunk for a, _ in self.blocks] + [-(-n // chunk)]
@@ -449,11 +455,12 @@ class BlockCutter:
         ``progress(k)`` is called in this process as ``k`` more sets are done."""
         if self._pool is None:
             return _cut_chunks(self.slide, self.patches, ChunkClaims(self.segments), 0, False,
-                               sink, self.chunk, self.resample, self.keep, progress
+                               sink, self.chunk, self.resample, self.keep[0], progress
                                ) if self.segments else 0
         source = self.slide.source()
         futures = [self._pool.submit(_cut_chunks_in_worker, source, self.patches, i // 2,
-                                     i % 2 == 1, sink, self.chunk, self.resample, self.keep)
+                                     i % 2 == 1, sink, self.chunk, self.resample,
+                                     self.keep[i % 2])
                    for i in range(len(self.blocks))]
         reported, pending = 0, set(futures)
         try:
