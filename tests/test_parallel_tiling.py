@@ -47,20 +47,25 @@ def test_worker_processes_write_the_same_store(fiducial_slide, tmp_path, monkeyp
     assert one == three
 
 
+def _log_decodes(slide) -> list[tuple[int, int, int]]:
+    """From now on, note every tile the reader decodes (cache misses of full tiles)."""
+    decoded, original = [], slide._decode
+
+    def counting(level, ty, tx):
+        if slide._cache.get((level, 1, ty, tx)) is None:
+            decoded.append((level, ty, tx))
+        return original(level, ty, tx)
+
+    slide._decode = counting
+    return decoded
+
+
 def test_tile_use_counts_every_decoded_tile_once(fiducial_slide):
     path, _ = fiducial_slide
     config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64)
     with open_slide(path, cache_mb=1024, test_read=False) as slide:
         patches = plan_patches(slide, full_tissue(slide), config)
-        decoded = []
-        original = slide._decode
-
-        def counting(level, ty, tx):
-            if slide._cache.get((level, 1, ty, tx)) is None:
-                decoded.append((level, ty, tx))
-            return original(level, ty, tx)
-
-        slide._decode = counting
+        decoded = _log_decodes(slide)
         cut = sum(1 for _ in iter_patch_sets(slide, patches))
         tiles = TileUse.of(slide, patches).new
     assert cut == len(patches.centers)
@@ -186,18 +191,10 @@ def test_tiles_shared_by_stripes_are_decoded_once(fiducial_slide):
     for keep in (False, True):
         with open_slide(path, cache_mb=16, test_read=False) as slide:
             patches = plan_patches(slide, full_tissue(slide), config)
-            use = tiling.TileUse.of(slide, patches)
+            use = TileUse.of(slide, patches)
             if keep:
                 slide.keep(use.again[0])  # iter_patch_sets goes forwards
-            decoded[keep] = []
-            original = slide._decode
-
-            def counting(level, ty, tx, slide=slide, log=decoded[keep], original=original):
-                if slide._cache.get((level, 1, ty, tx)) is None:
-                    log.append((level, ty, tx))
-                return original(level, ty, tx)
-
-            slide._decode = counting
+            decoded[keep] = _log_decodes(slide)
             digest = hashlib.sha256()
             for patch_set in iter_patch_sets(slide, patches):
                 for patch in patch_set:

@@ -280,8 +280,9 @@ class TileUse:
                     owners.append(np.flatnonzero(ok))
         if n == 0 or not tiles:
             return cls(np.zeros(n, np.int64), (set(), set()))
-        order = np.argsort(np.concatenate(tiles))
-        tile, factor = np.concatenate(tiles)[order], np.concatenate(factors)[order]
+        tile = np.concatenate(tiles)
+        order = np.argsort(tile)
+        tile, factor = tile[order], np.concatenate(factors)[order]
         owner = np.concatenate(owners)[order]
         starts = np.flatnonzero(np.r_[True, tile[1:] != tile[:-1]])
         first = np.minimum.reduceat(owner, starts)
