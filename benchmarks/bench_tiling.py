@@ -449,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f" | e {res['e'][-1]:7.1f} ({e['wall']:.1f} s, {e['rss_mb']:.0f} MB, "
                   f"cpu {cpu['e'][-1]:.2f})", end="", flush=True)
         print(flush=True)
-    if out_store.exists():
-        shutil.rmtree(out_store)
 
     # -- the table
     today = dt.date.today().isoformat()
