@@ -15,11 +15,12 @@ c. multimag extraction before storage: ``BlockCutter`` (what ``multimag tile``
    runs: one block of patches per worker process, 2 processes) over all kept
    patches (or the first ``--limit``), the patch sets dropped instead of stored;
 d. the JPEG-decode bound of (c): every source tile under the footprints of (c)'s
-   patches (from the plans: ``MagPlan.level_box``), decoded once with
-   ``page.decode`` (imagecodecs through tifffile, as multimag does), shared
-   between 2 processes started and warmed up before the clock starts; expressed
-   as patch sets per second of decode time; d_t is the same in 2 threads of one
-   process. The target c / d is judged against the faster of d and d_t;
+   patches (from the plans: ``MagPlan.level_box``), decoded once with multimag's
+   own tile decoder (``decode_tile``: imagecodecs, into a buffer used again for
+   the next tile, as the tiler does), shared between 2 processes started and
+   warmed up before the clock starts; expressed as patch sets per second of
+   decode time; d_t is the same in 2 threads of one process. The target c / d is
+   judged against the faster of d and d_t;
 e. end to end: ``multimag tile SLIDE OUT.zarr`` as a subprocess (tissue
    detection, planning, cutting, JPEG encoding, shard writes), all kept patches,
    under ``/usr/bin/time -v`` for peak RSS and CPU time.
@@ -206,29 +207,22 @@ def unique_tiles(tiles: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, in
 
 
 def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> tuple[int, float]:
-    """Decode these ``((level, tile_row, tile_col), factors)`` as multimag's reader
-    does (pread + page.decode); with ``reduce`` also area-reduce each decoded tile by
-    the factors it is needed at (``multimag.slide.reduce_pixels``, as the reader does)."""
-    import tiffslide
-
-    from multimag.slide import reduce_pixels
+    """Decode these ``((level, tile_row, tile_col), factors)`` with multimag's own tile
+    decoder (``decode_tile``: pread, then imagecodecs into one buffer per level that
+    is used again for the next tile, as the tiler does); with ``reduce`` also
+    area-reduce each decoded tile by the factors it is needed at (``reduce_pixels``,
+    as the tiler does)."""
+    from multimag.slide import open_slide, reduce_pixels
 
     cpu0 = time.thread_time()
-    with tiffslide.TiffSlide(str(slide_path)) as ts:
-        pages = [lvl.keyframe for lvl in ts.ts_tifffile.series[0].levels]
-        fd = os.open(slide_path, os.O_RDONLY)
-        try:
-            for (lv, ty, tx), factors in tiles:
-                pg = pages[lv]
-                idx = ty * -(-pg.imagewidth // pg.tilewidth) + tx
-                data = os.pread(fd, int(pg.databytecounts[idx]), int(pg.dataoffsets[idx]))
-                arr, _, _ = pg.decode(data, idx, jpegtables=pg.jpegtables,
-                                      jpegheader=pg.jpegheader)
-                arr = arr.reshape(arr.shape[-3:])
-                for f in factors if reduce else ():
-                    reduce_pixels(arr, f)
-        finally:
-            os.close(fd)
+    with open_slide(slide_path, reader="tiffslide", test_read=False) as slide:
+        buffers = {}
+        for (lv, ty, tx), factors in tiles:
+            if lv not in buffers:
+                buffers[lv] = np.empty((*slide.tile_size(lv), 3), np.uint8)
+            pixels = slide.decode_tile(lv, ty, tx, out=buffers[lv])
+            for f in factors if reduce else ():
+                reduce_pixels(pixels, f)
     return len(tiles), time.thread_time() - cpu0  # tiles decoded, CPU seconds it took
 
 

@@ -5,10 +5,11 @@ uint8 pixels, white outside the slide (openslide's transparent pixels are
 composited onto white, tiffslide's zero padding is replaced by white).
 
 * ``tiffslide`` (default): metadata from tiffslide; pixels by reading each
-  TIFF tile's bytes at its offset and decoding it with imagecodecs through
-  tifffile, once, into a byte-bounded cache that also keeps each tile reduced
-  by the integer factors the tiler asks for. Exact on every level, whatever the
-  level's downsample.
+  TIFF tile's bytes at its offset and decoding it with imagecodecs (JPEG tiles
+  straight into a caller's buffer, :meth:`Slide.decode_tile`, which the tiler's
+  bands use; other codecs through tifffile). Region reads keep the decoded
+  tiles, and each tile reduced by the integer factors asked for, in a
+  byte-bounded cache. Exact on every level, whatever the level's downsample.
 * ``openslide``: everything through openslide (formats tifffile cannot read:
   MIRAX, DICOM, ...). On a level whose downsample is not an integer, openslide
   interpolates at the fractional position ``x0 / downsample``; the returned
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import imagecodecs
 import numpy as np
 from PIL import Image
 
@@ -75,6 +77,7 @@ class Slide:
 
     reader: str = ""
     cache_mb: int = 0  # of decoded tiles kept by this reader
+    tile_cache: TileCache | None = None
 
     def __init__(self, path: Path, slide_id: str, dimensions: list[tuple[int, int]],
                  metadata_mpp: float | None, objective_power: float | None,
@@ -121,6 +124,14 @@ class Slide:
         """Tiles ``(level, factor, tile row, tile column)``, reduced by ``factor``, that
         will be read again long after their neighbours: a reader with a cache sets
         them aside rather than dropping them when it is full."""
+
+    def decode_tile(self, level: int, ty: int, tx: int, out: np.ndarray | None = None
+                    ) -> np.ndarray:
+        """Tile ``(ty, tx)`` of a tile-based level (:meth:`tile_size`), decoded and not
+        cached: RGB uint8 ``(h, w, 3)``, clipped to the level. With ``out`` (a
+        contiguous ``(tile height, tile width, 3)`` uint8 array) the decoder writes
+        into it where it can, and the result may be a view of it."""
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
@@ -208,7 +219,7 @@ def _positive_float(value: object) -> float | None:
 
 # -- tiffslide: tifffile tiles, decoded once ------------------------------------------------
 
-class _TileCache:
+class TileCache:
     """Byte-bounded LRU of decoded (and reduced) tiles. Tiles in ``keep`` that fall
     out of it are set aside until they are next read, up to half as many bytes again
     (beyond that, the longest set aside are dropped)."""
@@ -285,7 +296,8 @@ class TiffSlideSlide(Slide):
             raise
         self._fd = os.open(path, os.O_RDONLY)
         self.cache_mb = cache_mb
-        self._cache = _TileCache(cache_mb * 2**20)
+        self.tile_cache = TileCache(cache_mb * 2**20)
+        self._into: dict[int, dict | None] = {}  # per level: see _jpeg_into
         # per level: the reduction factors asked for so far; a tile is reduced by
         # them as soon as it is decoded, while its pixels are still in the CPU cache
         self._factors: list[set[int]] = [set() for _ in self._pages]
@@ -302,7 +314,7 @@ class TiffSlideSlide(Slide):
                     fix=_fix_for(path))
 
     def keep(self, tiles: set[tuple[int, int, int, int]]) -> None:
-        self._cache.keep = set(tiles)
+        self.tile_cache.keep = set(tiles)
 
     def tile_size(self, level: int) -> tuple[int, int] | None:
         page = self._pages[level]
@@ -310,53 +322,89 @@ class TiffSlideSlide(Slide):
             return page.tilelength, page.tilewidth
         return page.rowsperstrip or page.imagelength, page.imagewidth
 
-    def _decode(self, level: int, ty: int, tx: int) -> np.ndarray:
-        key = (level, 1, ty, tx)
-        tile = self._cache.get(key)
-        if tile is not None:
-            return tile
+    def _jpeg_into(self, level: int, data: bytes, out: np.ndarray) -> dict | None:
+        """The arguments with which imagecodecs decodes this level's JPEG tiles into a
+        buffer, as tifffile would decode them; None where that does not apply.
+        Checked once per level against tifffile's own decoding of ``data``."""
+        if level in self._into:
+            return self._into[level]
+        page, args = self._pages[level], None
+        if page.compression == 7 and page.bitspersample == 8 and page.samplesperpixel == 3 \
+                and page.planarconfig == 1 and out.shape == (*self.tile_size(level), 3):
+            from tifffile.tifffile import jpeg_decode_colorspace
+
+            colorspace, outcolorspace = jpeg_decode_colorspace(
+                page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
+            args = {"bitspersample": 8, "tables": page.jpegtables, "header": page.jpegheader,
+                    "colorspace": colorspace, "outcolorspace": outcolorspace,
+                    "shape": out.shape[:2]}
+            try:
+                mine = imagecodecs.jpeg_decode(data, out=out, **args)
+                theirs, _, _ = page.decode(data, 0, jpegtables=page.jpegtables,
+                                           jpegheader=page.jpegheader)
+                if mine is not out or not np.array_equal(theirs.reshape(out.shape), out):
+                    args = None
+            except Exception:  # tifffile's own decoding reports a damaged tile
+                args = None
+        self._into[level] = args
+        return args
+
+    def decode_tile(self, level: int, ty: int, tx: int, out: np.ndarray | None = None
+                    ) -> np.ndarray:
         page = self._pages[level]
         th, tw = self.tile_size(level)
-        ncols = -(-page.imagewidth // tw)
-        index = ty * ncols + tx
+        index = ty * -(-page.imagewidth // tw) + tx
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         h = min(th, page.imagelength - ty * th)
         w = min(tw, page.imagewidth - tx * tw)
         if count == 0:  # sparse tile: nothing stored there
-            tile = np.full((h, w, 3), WHITE, np.uint8)
-        else:
-            try:
-                data = os.pread(self._fd, count, offset)
+            return np.full((h, w, 3), WHITE, np.uint8)
+        try:
+            data = os.pread(self._fd, count, offset)
+            args = None if out is None else self._jpeg_into(level, data, out)
+            if args is not None:
+                decoded = imagecodecs.jpeg_decode(data, out=out, **args)
+            else:
                 decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables,
                                             jpegheader=page.jpegheader)
-            except Exception as exc:
-                raise self._damaged(f"tile {index} of level {level}", exc) from exc
-            tile = np.ascontiguousarray(decoded.reshape(decoded.shape[-3:])[:h, :w, :3])
-            if tile.shape[2] == 1:
-                tile = np.repeat(tile, 3, axis=2)
-        self._cache.put(key, tile)
+                decoded = decoded.reshape(decoded.shape[-3:])
+        except Exception as exc:
+            raise self._damaged(f"tile {index} of level {level}", exc) from exc
+        tile = decoded[:h, :w, :3]
+        if tile.shape[2] == 1:
+            tile = np.repeat(tile, 3, axis=2)
+        return tile if (h, w) == (th, tw) and tile.flags.c_contiguous \
+            else np.ascontiguousarray(tile)
+
+    def _decode(self, level: int, ty: int, tx: int) -> np.ndarray:
+        key = (level, 1, ty, tx)
+        tile = self.tile_cache.get(key)
+        if tile is not None:
+            return tile
+        tile = self.decode_tile(level, ty, tx)
+        self.tile_cache.put(key, tile)
         for factor in self._factors[level]:
-            self._cache.put((level, factor, ty, tx), reduce_pixels(tile, factor))
+            self.tile_cache.put((level, factor, ty, tx), reduce_pixels(tile, factor))
         return tile
 
     def _tile(self, level: int, factor: int, ty: int, tx: int) -> np.ndarray:
         key = (level, factor, ty, tx)
-        tile = self._cache.get(key)
+        tile = self.tile_cache.get(key)
         if tile is None:
             if factor > 1:
                 self._factors[level].add(factor)
             full = self._decode(level, ty, tx)
-            tile = full if factor == 1 else self._cache.get(key)
+            tile = full if factor == 1 else self.tile_cache.get(key)
             if tile is None:  # decoded before this factor was first asked for
                 tile = reduce_pixels(full, factor)
-                self._cache.put(key, tile)
+                self.tile_cache.put(key, tile)
         return tile
 
     def _assemble(self, level: int, factor: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         th, tw = self.tile_size(level)
         th, tw = th // factor, tw // factor
         out = np.empty((h, w, 3), np.uint8)
-        cached = self._cache.get  # the hot loop of the tiler: one lookup per tile
+        cached = self.tile_cache.get  # the hot loop of the tiler: one lookup per tile
         for ty in range(y // th, (y + h - 1) // th + 1):
             y0 = ty * th
             sy0 = max(y, y0)

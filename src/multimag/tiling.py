@@ -3,9 +3,10 @@
 Order of work: the kept grid centres are visited in grid order (stripes of grid
 columns, rows within a stripe, see :func:`geometry.stripe_order`). Each run of
 a row is cut at every magnification as one band of the level, reduced by an
-integer factor where needed, assembled from the reader's cache of decoded (and
-reduced) tiles, so each source tile is decoded once; the patches are views of
-the band. A patch whose footprint does not fall on its magnification's integer
+integer factor where needed; the patches are views of the band. With a tiled
+reader the bands are filled as each source tile is decoded, once, into a reused
+buffer (:class:`~multimag.bands.StripeBands`); otherwise they are read as level
+regions. A patch whose footprint does not fall on its magnification's integer
 grid (a 0.499 um/px slide, a non-box filter, upsampling) is resampled from its
 own level region with PIL's anti-aliased filter, on the level's own pixel grid.
 
@@ -20,7 +21,7 @@ writes its own shards; on the benchmark slide the thread tiler cut 2,600-3,100
 patch sets/s on 2 cores, the process tiler 3,400-3,800 (benchmarks/README.md).
 
 Tiles on the edge between two stripes are read by both, a whole stripe apart:
-the reader sets them aside instead of dropping them (:class:`TileUse`), so each
+they are kept in the reader's cache for the second (:class:`TileUse`), so each
 source tile is decoded once per worker.
 """
 
@@ -44,6 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .bands import StripeBands
 from .errors import MultimagError
 from .geometry import (
     MagPlan,
@@ -194,26 +196,112 @@ def _cut_run(slide: Slide, plan: MagPlan, grid: _Grid | None, centers: np.ndarra
     return [resample_patch(slide, plan, cx, cy, resample) for cx, cy in centers[start:end]]
 
 
-def _runs(patches: PatchPlan) -> list[tuple[int, int]]:
-    """``[start, end)`` of each run: consecutive grid columns of one row of one stripe."""
+def _runs(patches: PatchPlan) -> np.ndarray:
+    """``[start, end)`` of each run (rows of an ``(runs, 2)`` array): consecutive grid
+    columns of one row of one stripe."""
     n = len(patches.centers)
-    if n == 0:
-        return []
     new = np.r_[True, (patches.stripes[1:] != patches.stripes[:-1])
                 | (patches.rows[1:] != patches.rows[:-1])
-                | (patches.cols[1:] != patches.cols[:-1] + 1)]
+                | (patches.cols[1:] != patches.cols[:-1] + 1)] if n else np.zeros(0, bool)
     starts = np.flatnonzero(new)
-    return list(zip(starts.tolist(), np.r_[starts[1:], n].tolist(), strict=True))
+    return np.c_[starts, np.r_[starts[1:], n]].astype(np.int64)
+
+
+def _rows_per_canvas(rects: np.ndarray, rows: np.ndarray) -> int:
+    """How many grid rows share a canvas at one magnification: 1 where rows do not
+    overlap, else twice as many as overlap one row (each row's pixels then go to at
+    most 2 canvases: 20x, 10x and 5x of a 40x grid copy 1.6, 2.9 and 5.6 times fewer
+    bytes than with a band per row)."""
+    used = rects[:, 2] > 0
+    if used.sum() < 2:
+        return 1
+    y, r = rects[used, 0], rows[used]
+    step = np.diff(r) > 0
+    pitch = np.min(np.diff(y)[step] / np.diff(r)[step], initial=np.inf)
+    overlap = int(rects[used, 2].max() // pitch) if np.isfinite(pitch) and pitch > 0 else 1
+    return 2 * overlap if overlap > 1 else 1
+
+
+class RunCutter:
+    """Cuts a slide's planned patches run by run, any stretch ``[start, end)`` of them.
+
+    A magnification whose patches lie on an integer reduction of a tiled level is cut
+    from bands that :class:`~multimag.bands.StripeBands` fills (one per stripe, the
+    current one and the one before, for a cut that goes backwards across a stripe's
+    edge); the others through :func:`_cut_run`.
+    """
+
+    def __init__(self, slide: Slide, patches: PatchPlan, resample: str = "box") -> None:
+        self.slide, self.patches, self.resample = slide, patches, resample
+        self.grids = [_Grid.of(plan, patches.centers, resample) for plan in patches.plans]
+        self.runs = _runs(patches)
+        starts = self.runs[:, 0]
+        self.run_stripes = patches.stripes[starts]
+        self.run_rows = patches.rows[starts]
+        self.versions, self.rects, self.painted = [], [], []  # painted: magnification indices
+        self.rows_per_canvas = []
+        for m, (plan, grid) in enumerate(zip(patches.plans, self.grids, strict=True)):
+            rect = self._rects(plan, grid, starts)
+            if rect is not None:
+                self.painted.append(m)
+                self.versions.append((plan.level.index, grid.factor))
+                self.rects.append(rect)
+                self.rows_per_canvas.append(_rows_per_canvas(rect, self.run_rows))
+        self._stripes: dict[int, tuple[int, StripeBands]] = {}  # stripe -> (first run, bands)
+        self._last = -1
+
+    def _rects(self, plan: MagPlan, grid: _Grid | None, starts: np.ndarray) -> np.ndarray | None:
+        """Each run's band ``y, x, h, w`` on the reduced level (``h = 0`` where the run is
+        not on the grid), or None when this magnification is not cut from bands."""
+        size = self.slide.tile_size(plan.level.index)
+        if grid is None or self.slide.tile_cache is None or size is None \
+                or size[0] % grid.factor or size[1] % grid.factor or not len(starts):
+            return None
+        side = plan.side
+        x0 = np.minimum.reduceat(grid.x, starts)
+        on_grid = np.logical_and.reduceat(grid.exact, starts) \
+            & (np.minimum.reduceat(grid.y, starts) == np.maximum.reduceat(grid.y, starts))
+        w = np.maximum.reduceat(grid.x, starts) + side - x0
+        return np.c_[grid.y[starts], x0, np.where(on_grid, side, 0), w].astype(np.int64)
+
+    def _bands(self, stripe: int) -> tuple[int, StripeBands]:
+        if stripe not in self._stripes:
+            if len(self._stripes) >= 2:  # keep the last stripe used
+                self._stripes = {k: v for k, v in self._stripes.items() if k == self._last}
+            first, end = np.searchsorted(self.run_stripes, [stripe, stripe + 1])
+            lengths = self.runs[first:end, 1] - self.runs[first:end, 0]
+            self._stripes[stripe] = (int(first), StripeBands(
+                self.slide, self.versions, [r[first:end] for r in self.rects],
+                self.run_rows[first:end], lengths, self.rows_per_canvas))
+        self._last = stripe
+        return self._stripes[stripe]
+
+    def sets(self, start: int, end: int) -> Iterator[list[np.ndarray]]:
+        """Patch sets ``[start, end)`` (one array per magnification, finest first)."""
+        patches, plans = self.patches, self.patches.plans
+        first = int(np.searchsorted(self.runs[:, 1], start, side="right"))
+        last = int(np.searchsorted(self.runs[:, 0], end, side="left"))
+        for r in range(first, last):
+            a, b = max(int(self.runs[r, 0]), start), min(int(self.runs[r, 1]), end)
+            per_mag = [None] * len(plans)
+            if self.painted:
+                offset, bands = self._bands(int(self.run_stripes[r]))
+                for v, m in enumerate(self.painted):
+                    y, x, h, _ = self.rects[v][r]
+                    if h:
+                        band = bands.band(v, r - offset, b - a)
+                        per_mag[m] = [band[:, i:i + h] for i in (self.grids[m].x[a:b] - x).tolist()]
+            for m, (plan, grid) in enumerate(zip(plans, self.grids, strict=True)):
+                if per_mag[m] is None:
+                    per_mag[m] = _cut_run(self.slide, plan, grid, patches.centers, a, b,
+                                          self.resample)
+            yield from (list(patch_set) for patch_set in zip(*per_mag, strict=True))
 
 
 def iter_patch_sets(slide: Slide, patches: PatchPlan, resample: str = "box"
                     ) -> Iterator[list[np.ndarray]]:
     """Patch sets (one array per magnification, finest first) in grid order."""
-    grids = [_Grid.of(plan, patches.centers, resample) for plan in patches.plans]
-    for start, end in _runs(patches):
-        per_mag = [_cut_run(slide, plan, grid, patches.centers, start, end, resample)
-                   for plan, grid in zip(patches.plans, grids, strict=True)]
-        yield from (list(patch_set) for patch_set in zip(*per_mag, strict=True))
+    return RunCutter(slide, patches, resample).sets(0, len(patches.centers))
 
 
 # -- blocks of patches in worker processes ---------------------------------------------------
@@ -240,8 +328,9 @@ class TileUse:
     col)`` of the tile versions (reduced by ``factor``) that a stripe reads after
     another stripe decoded the tile, when the stripes are cut forwards (``again[0]``)
     or backwards (``again[1]``): a stripe's edge tiles, which the next stripe reads
-    long after the reader's cache has dropped them (3.4% more decodes on the
-    benchmark slide); the reader sets them aside instead
+    a whole stripe later (3.4% more decodes on the benchmark slide if decoded
+    again); the cutter keeps them in the reader's cache for it, which sets them
+    aside rather than dropping them when it is full
     (:meth:`~multimag.slide.Slide.keep`).
     """
 
@@ -361,15 +450,16 @@ def _cut_chunks(slide: Slide, patches: PatchPlan, claims: ChunkClaims, segment: 
                 keep: set[tuple[int, int, int, int]], done: Callable[[int], None]) -> int:
     """Cut the chunks of ``segment`` this worker claims and pass each one on."""
     slide.keep(keep)
+    cutter = RunCutter(slide, patches, resample)
     n = 0
     while (claim := claims.take(segment, backward)) is not None:
         first, end = (min(index * chunk, len(patches.centers)) for index in claim)
         # forwards in one go; backwards chunk by chunk from the last, so that each
-        # chunk's tiles are still in the cache when the chunk before it is cut
+        # chunk's tiles are still at hand when the chunk before it is cut
         parts = [(a, min(a + chunk, end)) for a in range(first, end, chunk)][::-1] \
             if backward else [(first, end)]
         for start, stop in parts:
-            patch_sets = iter_patch_sets(slide, patches.select(start, stop), resample)
+            patch_sets = cutter.sets(start, stop)
             while sets := list(itertools.islice(patch_sets, chunk)):
                 sink(start, sets)
                 start += len(sets)

@@ -1,0 +1,77 @@
+"""Bands filled as each tile is decoded (multimag.bands) against the reader's own
+region reads, and tiles decoded into a reused buffer against tifffile's decoding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import fixture_path, full_tissue
+
+from multimag import tiling
+from multimag.slide import open_slide
+from multimag.tiling import RunCutter, TilingConfig, plan_patches
+
+
+def _ragged(patches):
+    """Tissue with a ragged edge and holes: runs of many lengths in a row, canvases
+    wider than most of their bands."""
+    keep = (patches.cols % 17 < 4 + (patches.rows * 7) % 13) \
+        & ~((patches.rows % 5 == 2) & (patches.cols % 4 == 1))
+    return replace(patches, centers=patches.centers[keep], tissue=patches.tissue[keep],
+                   rows=patches.rows[keep], cols=patches.cols[keep],
+                   stripes=patches.stripes[keep])
+
+
+@pytest.mark.parametrize("mode", ["same_center", "same_field"])
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_bands_give_the_pixels_of_region_reads(fiducial_slide, mode, backward, ragged):
+    """Every patch at every magnification, cut from the bands (forwards, or chunk by
+    chunk from the last as the backward worker cuts, so that runs and canvases are
+    split between chunks and stripes are entered from below), equals the same patch
+    cut from the reader's region reads: the edge tiles of the odd-sized level, the
+    white beyond the slide, the canvases shared by rows. Nothing is left open."""
+    path, _ = fiducial_slide
+    config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=96, mode=mode,
+                          stripe_columns=8)
+    with open_slide(path, test_read=False) as slide:
+        patches = plan_patches(slide, full_tissue(slide), config)
+        if ragged:
+            patches = _ragged(patches)
+        cutter = RunCutter(slide, patches)
+        assert cutter.painted == [0, 1, 2, 3]
+        assert (max(cutter.rows_per_canvas) > 1) == (mode == "same_center")
+        n, chunk = len(patches.centers), 40  # chunks that split rows
+        starts = range(0, n, chunk)
+        cut = {}
+        for start in (reversed(starts) if backward else starts):
+            for k, patch_set in enumerate(cutter.sets(start, min(start + chunk, n))):
+                cut[start + k] = [patch.copy() for patch in patch_set]
+        assert sorted(cut) == list(range(n)) and patches.stripes.max() >= 3
+        for i in range(n):
+            for m, (plan, grid) in enumerate(zip(patches.plans, cutter.grids, strict=True)):
+                expected, = tiling._cut_run(slide, plan, grid, patches.centers, i, i + 1, "box")
+                np.testing.assert_array_equal(cut[i][m], expected, err_msg=f"patch {i} mag {m}")
+        assert not any(opened for _, bands in cutter._stripes.values() for opened in bands._open)
+
+
+@pytest.mark.parametrize("parts, jpeg", [(("openslide", "small.svs"), True),
+                                         (("real", "cmu-1-small-region.svs"), True),
+                                         (("openslide", "boxes.tiff"), False)])
+def test_tiles_decoded_into_a_buffer_are_tifffiles_pixels(parts, jpeg):
+    """JPEG tiles (with shared tables, RGB or YCbCr) are decoded straight into the
+    buffer; other codecs through tifffile. Either way the pixels are tifffile's."""
+    with open_slide(fixture_path(*parts), mpp=0.5, test_read=False) as slide:
+        for lv in slide.pyramid.levels:
+            th, tw = slide.tile_size(lv.index)
+            buffer = np.empty((th, tw, 3), np.uint8)
+            rows, cols = -(-lv.height // th), -(-lv.width // tw)
+            for ty, tx in {(0, 0), (rows // 2, cols // 2), (rows - 1, cols - 1)}:
+                mine = slide.decode_tile(lv.index, ty, tx, out=buffer)
+                theirs = slide.decode_tile(lv.index, ty, tx)
+                assert mine.shape == (min(th, lv.height - ty * th), min(tw, lv.width - tx * tw), 3)
+                np.testing.assert_array_equal(mine, theirs)
+                if mine.shape[:2] == (th, tw):
+                    assert np.shares_memory(mine, buffer) == jpeg
