@@ -71,6 +71,8 @@ class StripeBands:
                  rects: Sequence[np.ndarray], rows: np.ndarray, lengths: np.ndarray,
                  rows_per_canvas: Sequence[int]) -> None:
         self.slide, self.versions = slide, list(versions)
+        if len(set(self.versions)) < len(self.versions):  # a version's users are one list
+            raise ValueError(f"two magnifications read the same level version: {versions}")
         self._rects = [r.tolist() for r in rects]
         self._tiles: list[tuple[int, int]] = []  # per magnification: reduced tile size
         self._bounds: list[tuple[int, int]] = []  # per magnification: reduced level size
