@@ -212,14 +212,14 @@ def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> tuple[int, flo
     is used again for the next tile, as the tiler does); with ``reduce`` also
     area-reduce each decoded tile by the factors it is needed at (``reduce_pixels``,
     as the tiler does)."""
-    from multimag.slide import open_slide, reduce_pixels
+    from multimag.slide import decode_buffer, open_slide, reduce_pixels
 
     cpu0 = time.thread_time()
     with open_slide(slide_path, reader="tiffslide", test_read=False) as slide:
         buffers = {}
         for (lv, ty, tx), factors in tiles:
             if lv not in buffers:
-                buffers[lv] = np.empty((*slide.tile_size(lv), 3), np.uint8)
+                buffers[lv] = decode_buffer(*slide.tile_size(lv))
             pixels = slide.decode_tile(lv, ty, tx, out=buffers[lv])
             for f in factors if reduce else ():
                 reduce_pixels(pixels, f)

@@ -10,7 +10,7 @@ import pytest
 from conftest import fixture_path, full_tissue
 
 from multimag import tiling
-from multimag.slide import open_slide
+from multimag.slide import decode_buffer, open_slide
 from multimag.tiling import RunCutter, TilingConfig, plan_patches
 
 
@@ -75,3 +75,14 @@ def test_tiles_decoded_into_a_buffer_are_tifffiles_pixels(parts, jpeg):
                 np.testing.assert_array_equal(mine, theirs)
                 if mine.shape[:2] == (th, tw):
                     assert np.shares_memory(mine, buffer) == jpeg
+
+
+@pytest.mark.parametrize("side", [240, 256])
+def test_decode_buffers_keep_every_row_off_the_boundaries_of_streaming_stores(side):
+    """libjpeg-turbo writes rows that start on a 16- or 32-byte boundary with stores
+    that bypass the CPU cache; every row of a decode buffer starts 8 bytes past one."""
+    for _ in range(8):  # wherever numpy happens to put the memory
+        buffer = decode_buffer(side, side)
+        assert buffer.shape == (side, side, 3) and buffer.flags.c_contiguous
+        rows = buffer.ctypes.data + np.arange(side) * buffer.strides[0]
+        assert (rows % 16 == 8).all()

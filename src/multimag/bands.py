@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .slide import WHITE, Slide, reduce_pixels
+from .slide import WHITE, Slide, decode_buffer, reduce_pixels
 
 _ROW = 21  # bit offset of the tile row in a tile's key within one version
 
@@ -164,7 +164,7 @@ class StripeBands:
         level, _, ty, tx = key
         buffer = self._buffers.get(level)
         if buffer is None:
-            buffer = self._buffers[level] = np.empty((*self.slide.tile_size(level), 3), np.uint8)
+            buffer = self._buffers[level] = decode_buffer(*self.slide.tile_size(level))
         full = self.slide.decode_tile(level, ty, tx, out=buffer)
         for factor in self._factors[level]:
             version = (level, factor, ty, tx)

@@ -209,6 +209,20 @@ def reduce_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce(factor))
 
 
+def decode_buffer(height: int, width: int) -> np.ndarray:
+    """A ``(height, width, 3)`` uint8 array to decode tiles into, one after another,
+    each read at once (:meth:`Slide.decode_tile`). Its rows start 8 bytes past a
+    16-byte boundary: libjpeg-turbo's SIMD colour conversion writes a row that starts
+    on a 16- or 32-byte boundary with non-temporal stores, which bypass the CPU
+    cache. That suits output read much later, not a buffer read straight away: a
+    tile decodes 30-40% slower into such a buffer (benchmarks/README.md), and where
+    numpy puts a new array decides it by chance."""
+    nbytes = height * width * 3
+    raw = np.empty(nbytes + 16, np.uint8)
+    start = (8 - raw.ctypes.data) % 16
+    return raw[start:start + nbytes].reshape(height, width, 3)
+
+
 def _positive_float(value: object) -> float | None:
     try:
         number = float(value)  # type: ignore[arg-type]
