@@ -418,7 +418,7 @@ class TiffSlideSlide(Slide):
         th, tw = self.tile_size(level)
         th, tw = th // factor, tw // factor
         out = np.empty((h, w, 3), np.uint8)
-        cached = self.tile_cache.get  # the hot loop of the tiler: one lookup per tile
+        cached = self.tile_cache.get  # the hot loop of region reads: one lookup per tile
         for ty in range(y // th, (y + h - 1) // th + 1):
             y0 = ty * th
             sy0 = max(y, y0)
