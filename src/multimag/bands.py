@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .geometry import tiles_under
 from .slide import WHITE, Slide, decode_buffer, reduce_pixels
 
 _ROW = 21  # bit offset of the tile row in a tile's key within one version
@@ -108,15 +109,10 @@ class StripeBands:
         canvas = np.flatnonzero((y0 < y1) & (x0 < x1))
         ty0, tx0 = y0[canvas] // th, x0[canvas] // tw
         ty1, tx1 = (y1[canvas] - 1) // th, (x1[canvas] - 1) // tw
-        keys, owners = [], []
-        for dy in range(int((ty1 - ty0).max(initial=-1)) + 1):
-            for dx in range(int((tx1 - tx0).max(initial=-1)) + 1):
-                ok = (ty0 + dy <= ty1) & (tx0 + dx <= tx1)
-                keys.append(((ty0[ok] + dy) << _ROW) + tx0[ok] + dx)
-                owners.append(canvas[ok])
-        if not keys:
+        box, rows, cols = tiles_under(ty0, tx0, ty1, tx1)
+        key, owner = (rows << _ROW) + cols, canvas[box]
+        if not len(key):
             return {}
-        key, owner = np.concatenate(keys), np.concatenate(owners)
         order = np.argsort(key, kind="stable")
         key, owner = key[order], owner[order].tolist()
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).tolist()

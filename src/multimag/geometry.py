@@ -269,6 +269,21 @@ def stripe_order(cols: np.ndarray, rows: np.ndarray, stripe_columns: int) -> np.
     return np.lexsort((cols, rows, stripe))
 
 
+def tiles_under(ty0: np.ndarray, tx0: np.ndarray, ty1: np.ndarray, tx1: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every tile under boxes that cover tile rows ``ty0[i]..ty1[i]`` and columns
+    ``tx0[i]..tx1[i]`` (inclusive): arrays ``box, row, col``, one entry per box and
+    tile."""
+    boxes, rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for dy in range(int((ty1 - ty0).max(initial=-1)) + 1):
+        for dx in range(int((tx1 - tx0).max(initial=-1)) + 1):
+            box = np.flatnonzero((ty0 + dy <= ty1) & (tx0 + dx <= tx1))
+            boxes.append(box)
+            rows.append(ty0[box] + dy)
+            cols.append(tx0[box] + dx)
+    return np.concatenate(boxes), np.concatenate(rows), np.concatenate(cols)
+
+
 def footprints(centers: np.ndarray, extent: float) -> np.ndarray:
     """Level-0 boxes ``(x0, y0, x1, y1)`` of patches of side ``extent`` (level-0 px)."""
     c = np.asarray(centers, np.float64).reshape(-1, 2)

@@ -54,6 +54,7 @@ from .geometry import (
     grid_centers,
     plan_magnifications,
     stripe_order,
+    tiles_under,
 )
 from .slide import Slide, SlideSource
 from .store import StoreWriter, source_attrs
@@ -361,12 +362,10 @@ class TileUse:
             y0 = np.clip(np.floor(box[:, 1]), 0, lv.height - 1).astype(np.int64) // th
             x1 = np.clip(np.ceil(box[:, 2]) - 1, 0, lv.width - 1).astype(np.int64) // tw
             y1 = np.clip(np.ceil(box[:, 3]) - 1, 0, lv.height - 1).astype(np.int64) // th
-            for dy in range(int((y1 - y0).max(initial=0)) + 1):
-                for dx in range(int((x1 - x0).max(initial=0)) + 1):
-                    ok = (y0 + dy <= y1) & (x0 + dx <= x1)
-                    tiles.append((lv.index << _LEVEL) + ((y0[ok] + dy) << _ROW) + x0[ok] + dx)
-                    factors.append(factor[ok])
-                    owners.append(np.flatnonzero(ok))
+            box, rows, cols = tiles_under(y0, x0, y1, x1)
+            tiles.append((lv.index << _LEVEL) + (rows << _ROW) + cols)
+            factors.append(factor[box])
+            owners.append(box)
         if n == 0 or not tiles:
             return cls(np.zeros(n, np.int64), (set(), set()))
         tile = np.concatenate(tiles)
