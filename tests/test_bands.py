@@ -86,3 +86,43 @@ def test_decode_buffers_keep_every_row_off_the_boundaries_of_streaming_stores(si
         assert buffer.shape == (side, side, 3) and buffer.flags.c_contiguous
         rows = buffer.ctypes.data + np.arange(side) * buffer.strides[0]
         assert (rows % 16 == 8).all()
+
+
+def _vma_flags(address: int) -> list[str] | None:
+    """The VmFlags of the mapping that holds ``address`` (Linux), None elsewhere."""
+    try:
+        lines = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return None
+
+
+def test_canvases_are_not_put_on_huge_pages():
+    """numpy asks for transparent huge pages for arrays of 4 MiB or more; the
+    canvases are allocated without asking (faulted in after an idle spell they cost
+    several times their small pages), and numpy's setting is left as it was."""
+    from multimag import bands
+
+    if bands._set_madvise_hugepage is None:
+        pytest.skip("this numpy has no switch for huge pages")
+    shape = (1024, 4096, 3)  # 12 MiB
+    before = bands._set_madvise_hugepage(True)
+    try:
+        control = np.empty(shape, np.uint8)
+        flags = _vma_flags(control.ctypes.data + control.nbytes // 2)
+        if flags is None or "hg" not in flags:
+            pytest.skip("numpy does not ask this kernel for huge pages")
+        canvas = bands._canvas_memory(shape)
+        assert canvas.shape == shape and canvas.dtype == np.uint8
+        assert "hg" not in _vma_flags(canvas.ctypes.data + canvas.nbytes // 2)
+        assert bands._set_madvise_hugepage(True) is True  # still on
+    finally:
+        bands._set_madvise_hugepage(before)

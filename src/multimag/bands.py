@@ -30,7 +30,34 @@ import numpy as np
 from .geometry import tiles_under
 from .slide import WHITE, Slide, decode_buffer, reduce_pixels
 
+try:  # numpy's switch for asking the kernel for huge pages (arrays of 4 MiB or more)
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # numpy 1.x
+    try:
+        from numpy.core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        _set_madvise_hugepage = None
+
 _ROW = 21  # bit offset of the tile row in a tile's key within one version
+
+
+def _canvas_memory(shape: tuple[int, int, int]) -> np.ndarray:
+    """An uninitialised uint8 array on ordinary pages.
+
+    numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more.
+    Canvases are new memory that is written at once, and on a VM that hands free
+    memory back to its host (free page reporting), a huge page faulted in after the
+    VM has been idle costs several times its 512 small pages: 256 MB took 530-660 ms
+    on 2 MiB pages against 140-200 ms on 4 KiB pages on the benchmark VM, and c ran
+    7% faster with small pages for the canvases (benchmarks/README.md). Only the
+    canvases: the tiler's other large arrays are faster on huge pages."""
+    if _set_madvise_hugepage is None:
+        return np.empty(shape, np.uint8)
+    huge = _set_madvise_hugepage(False)
+    try:
+        return np.empty(shape, np.uint8)
+    finally:
+        _set_madvise_hugepage(huge)
 
 
 def _canvases(rects: np.ndarray, rows: np.ndarray, rows_per_canvas: int, lengths: np.ndarray
@@ -144,9 +171,10 @@ class StripeBands:
     def _new(self, m: int, c: int) -> np.ndarray:
         y, x, h, w = self._frames[m][c]
         rh, rw = self._bounds[m]
-        if y >= 0 and x >= 0 and y + h <= rh and x + w <= rw:
-            return np.empty((h, w, 3), np.uint8)
-        return np.full((h, w, 3), WHITE, np.uint8)  # where it lies outside the level
+        canvas = _canvas_memory((h, w, 3))
+        if y < 0 or x < 0 or y + h > rh or x + w > rw:
+            canvas[...] = WHITE  # where it lies outside the level
+        return canvas
 
     def _fetch(self, key: tuple[int, int, int, int]) -> None:
         """Copy tile version ``key`` into its canvases: from the reader's cache if
