@@ -48,9 +48,11 @@ def _canvas_memory(shape: tuple[int, int, int]) -> np.ndarray:
     Canvases are new memory that is written at once, and on a VM that hands free
     memory back to its host (free page reporting), a huge page faulted in after the
     VM has been idle costs several times its 512 small pages: 256 MB took 530-660 ms
-    on 2 MiB pages against 140-200 ms on 4 KiB pages on the benchmark VM, and c ran
-    7% faster with small pages for the canvases (benchmarks/README.md). Only the
-    canvases: the tiler's other large arrays are faster on huge pages."""
+    on 2 MiB pages against 140-200 ms on 4 KiB pages on the benchmark VM, and the
+    tiler's extraction ran 6% faster with the canvases on small pages
+    (benchmarks/README.md). Only the canvases: with numpy's request off for the whole
+    worker, ``multimag tile`` was no faster. The switch is numpy's, process-wide, and
+    only a hint: an array another thread allocates meanwhile gets small pages too."""
     if _set_madvise_hugepage is None:
         return np.empty(shape, np.uint8)
     huge = _set_madvise_hugepage(False)
