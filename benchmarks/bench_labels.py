@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from multimag.annotations import Annotation, load_annotation
 from multimag.config import load_config
+from multimag.dataset.annotations import Annotation, load_annotation
 
 SLIDE_W, SLIDE_H = 80_000, 70_000
 PATCH = 224  # level-0 px: 224 px at 40x

@@ -43,8 +43,8 @@ MAGS = (20.0, 10.0, 5.0, 2.5)
 def build_stores(patch_px: int) -> Path:
     """The demo cohort's slides tiled at ``patch_px`` with a stride of a quarter
     patch (cached)."""
-    from multimag.demo import make_demo_cohort
-    from multimag.samples import load_samples
+    from multimag.dataset.samples import load_samples
+    from multimag.demo.cohort import make_demo_cohort
 
     stores = WORK / f"stores_{patch_px}"
     if stores.is_dir() and any(stores.glob("*.zarr")):
@@ -82,7 +82,7 @@ def bench_zarr(stores: Path, rows: pd.DataFrame) -> float:
 
 
 def _dataset(stores: Path, rows: pd.DataFrame):
-    from multimag.data import PatchDataset, View
+    from multimag.learn.data import PatchDataset, View
 
     return PatchDataset(rows, [View(magnification=m) for m in MAGS], stores)
 
@@ -96,7 +96,7 @@ def bench_reader(stores: Path, rows: pd.DataFrame, batch: int) -> float:
 
 
 def bench_loader(stores: Path, rows: pd.DataFrame, batch: int, workers: int) -> float:
-    from multimag.data import EpochSampler, make_loader
+    from multimag.learn.data import EpochSampler, make_loader
 
     loader = make_loader(_dataset(stores, rows),
                          EpochSampler(len(rows), batch, shuffle=False), workers)
@@ -112,7 +112,7 @@ def bench_loader(stores: Path, rows: pd.DataFrame, batch: int, workers: int) -> 
 
 
 def bench_decode(stores: Path, rows: pd.DataFrame) -> float:
-    from multimag.store import PatchReader
+    from multimag.wsi.store import PatchReader
 
     blobs = []
     for slide, patch in zip(rows["slide_id"], rows["patch"], strict=True):

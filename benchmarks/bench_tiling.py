@@ -65,9 +65,9 @@ TARGETS = {"e_over_b": 10.0, "c_over_d": 0.60, "rss_mb": 500.0}
 
 def plan(slide_path: Path):
     """Tissue mask and kept patches, exactly as ``multimag tile`` computes them."""
-    from multimag.slide import open_slide
-    from multimag.tiling import TilingConfig, plan_patches
-    from multimag.tissue import detect_tissue
+    from multimag.wsi.slide import open_slide
+    from multimag.wsi.tiling import TilingConfig, plan_patches
+    from multimag.wsi.tissue import detect_tissue
 
     config = TilingConfig(magnifications=MAGS, patch_px=PATCH, threads=THREADS)
     with open_slide(slide_path) as slide:
@@ -155,8 +155,8 @@ def _discard(first: int, sets) -> None:
 
 
 def multimag_extract(slide_path: Path, patches) -> tuple[Timer, int]:
-    from multimag.slide import open_slide
-    from multimag.tiling import BlockCutter
+    from multimag.wsi.slide import open_slide
+    from multimag.wsi.tiling import BlockCutter
 
     with Timer() as t, open_slide(slide_path) as slide, BlockCutter(
             slide, patches, workers=THREADS) as cutter:
@@ -212,7 +212,7 @@ def _decode_tiles(slide_path: Path, tiles: list, reduce: bool) -> tuple[int, flo
     is used again for the next tile, as the tiler does); with ``reduce`` also
     area-reduce each decoded tile by the factors it is needed at (``reduce_pixels``,
     as the tiler does)."""
-    from multimag.slide import decode_buffer, open_slide, reduce_pixels
+    from multimag.wsi.slide import decode_buffer, open_slide, reduce_pixels
 
     cpu0 = time.thread_time()
     with open_slide(slide_path, reader="tiffslide", test_read=False) as slide:

@@ -1,7 +1,7 @@
 """Write the tiling benchmark's slide: a 40,000 x 30,000 px Aperio-like SVS.
 
 0.25 um/px, AppMag 40, JPEG q90 256-px tiles, levels 1/4/16 (written by
-``multimag.svs_writer.write_svs`` through its tile-source interface, so memory
+``multimag.demo.svs_writer.write_svs`` through its tile-source interface, so memory
 stays at a few tile rows). About 40% of the area is white background around a
 lobulated tissue section; the tissue is procedural histology-like texture:
 wavy pink stroma fibres, eosin density variations, and purple elliptical nuclei
@@ -190,7 +190,7 @@ class HistologySource:
 
 
 def make_slide(out: Path, seed: int = 1, force: bool = False) -> Path:
-    from multimag.svs_writer import write_svs
+    from multimag.demo.svs_writer import write_svs
 
     if out.exists() and not force:
         print(f"{out}: exists ({out.stat().st_size / 2**20:.0f} MiB), skipped "

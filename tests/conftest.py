@@ -39,7 +39,7 @@ def fiducial_positions(width: int, height: int) -> np.ndarray:
 def fiducial_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """Non-square, odd-sized Aperio-like SVS (levels 1/4/16, 240-px tiles), 0.25 um/px,
     pink 'tissue' everywhere with black square marks."""
-    from multimag.svs_writer import write_svs
+    from multimag.demo.svs_writer import write_svs
 
     width, height = 4801, 3603
     rng = np.random.default_rng(7)
@@ -57,7 +57,7 @@ def fiducial_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def full_tissue(slide):
     """A tissue mask that keeps every grid cell (the co-registration test wants all)."""
-    from multimag.tissue import TissueMask, TissueParams
+    from multimag.wsi.tissue import TissueMask, TissueParams
 
     lv = slide.pyramid.levels[-1]
     return TissueMask(np.ones((lv.height, lv.width), bool),

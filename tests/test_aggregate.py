@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from multimag.aggregate import PredictionsError, aggregate, read_predictions, verdicts
 from multimag.errors import MultimagError
+from multimag.evaluate.aggregate import PredictionsError, aggregate, read_predictions, verdicts
 
 SCHEMA = pa.schema([
     ("slide_id", pa.string()), ("patient_id", pa.string()), ("fold", pa.int16()),

@@ -12,14 +12,14 @@ import shapely
 import tifffile
 from conftest import fixture_path
 
-from multimag.annotations import (
+from multimag.config import load_config
+from multimag.dataset.annotations import (
     Annotation,
     AnnotationError,
     AnnotationWarning,
     load_annotation,
     sniff_format,
 )
-from multimag.config import load_config
 from multimag.errors import ConfigError
 
 CLASS_MAP = load_config()["labels"]["class_map"]
@@ -215,7 +215,7 @@ def test_annotation_outside_slide_warns(tmp_path):
 
 def test_class_map_conflicts_are_config_errors():
     with pytest.raises(ConfigError, match="both"):
-        from multimag.annotations import _ClassMap
+        from multimag.dataset.annotations import _ClassMap
         _ClassMap.parse({"tumour": ["Tumor"], "normal": ["Tumor"]})
     with pytest.raises(ConfigError, match="unknown class"):
         _ClassMap.parse({"cancer": ["Tumor"]})

@@ -13,7 +13,7 @@ import pytest
 import zarr
 from conftest import fixture_path
 
-from multimag.svs_writer import write_svs
+from multimag.demo.svs_writer import write_svs
 
 
 def run_tile(slide: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

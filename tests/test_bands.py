@@ -1,4 +1,4 @@
-"""Bands filled as each tile is decoded (multimag.bands) against the reader's own
+"""Bands filled as each tile is decoded (multimag.wsi.bands) against the reader's own
 region reads, and tiles decoded into a reused buffer against tifffile's decoding."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import fixture_path, full_tissue
 
-from multimag import tiling
-from multimag.slide import decode_buffer, open_slide
-from multimag.tiling import RunCutter, TilingConfig, plan_patches
+from multimag.wsi import tiling
+from multimag.wsi.slide import decode_buffer, open_slide
+from multimag.wsi.tiling import RunCutter, TilingConfig, plan_patches
 
 
 def _ragged(patches):
@@ -109,7 +109,7 @@ def test_canvases_are_not_put_on_huge_pages():
     """numpy asks for transparent huge pages for arrays of 4 MiB or more; the
     canvases are allocated without asking (faulted in after an idle spell they cost
     several times their small pages), and numpy's setting is left as it was."""
-    from multimag import bands
+    from multimag.wsi import bands
 
     if bands._set_madvise_hugepage is None:
         pytest.skip("this numpy has no switch for huge pages")

@@ -14,11 +14,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 import zarr
 
-from multimag.data import (
+from multimag.learn.data import (
     Augment,
     AugmentParams,
     EpochSampler,
-    IndexError_,
+    IndexReferenceError,
     PatchDataset,
     View,
     field_views,
@@ -28,7 +28,7 @@ from multimag.data import (
     single_view,
     triplet_views,
 )
-from multimag.geometry import mag_label
+from multimag.wsi.geometry import mag_label
 
 
 def _zarr_patch(stores: Path, slide: str, mag: float, patch: int) -> np.ndarray:
@@ -110,13 +110,13 @@ def test_missing_store_column_and_patch_are_clear_errors(fold0, tmp_path):
     stores, index = fold0
     rows = pd.read_parquet(index / "patches_train.parquet").head(4)
     ghost = rows.assign(slide_id="NOPE_1")
-    with pytest.raises(IndexError_, match="missing store.*NOPE_1"):
+    with pytest.raises(IndexReferenceError, match="missing store.*NOPE_1"):
         PatchDataset(ghost, [View(magnification=20.0)], stores)
-    with pytest.raises(IndexError_, match="no column"):
+    with pytest.raises(IndexReferenceError, match="no column"):
         PatchDataset(rows, pair_views(), stores)
     n = zarr.open_group(stores / f"{rows['slide_id'].iloc[0]}.zarr")["centers"].shape[0]
     beyond = rows.assign(patch=n + 5)
-    with pytest.raises(IndexError_, match=f"references patch {n + 5} of a store with {n}"):
+    with pytest.raises(IndexReferenceError, match=f"references patch {n + 5} of a store with {n}"):
         PatchDataset(beyond, [View(magnification=20.0)], stores)
 
 
@@ -203,8 +203,8 @@ def test_same_field_views_mixing_magnifications_are_brought_to_patch_px(demo_dat
     import subprocess
     import sys
 
-    from multimag.data import resize_patches
-    from multimag.samples import load_samples
+    from multimag.dataset.samples import load_samples
+    from multimag.learn.data import resize_patches
 
     sample = load_samples(demo_dataset / "demo" / "samples.tsv").iloc[0]
     stores = tmp_path / "stores"

@@ -24,9 +24,9 @@ from shapely.geometry import Polygon, shape
 from shapely.ops import unary_union
 from skimage.draw import polygon as draw_polygon
 
-import multimag.svs_writer as svs_writer
-from multimag.demo import cohort_spec, make_demo_cohort, rasterize_polygons
-from multimag.svs_writer import box_downsample, write_svs
+import multimag.demo.svs_writer as svs_writer
+from multimag.demo.cohort import cohort_spec, make_demo_cohort, rasterize_polygons
+from multimag.demo.svs_writer import box_downsample, write_svs
 
 SUBSET = ["P01_A", "P04_A", "P05_A", "P08_A"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from multimag.errors import ConfigError, ResolutionError
-from multimag.geometry import (
+from multimag.wsi.geometry import (
     Pyramid,
     Resolution,
     grid_centers,

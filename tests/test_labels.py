@@ -13,9 +13,7 @@ import tifffile
 import zarr
 
 from multimag.config import load_config
-from multimag.errors import ConfigError, SamplesError, StoreError
-from multimag.geometry import mag_label
-from multimag.labels import (
+from multimag.dataset.labels import (
     LABEL_AMBIGUOUS,
     LABEL_NORMAL,
     LABEL_TUMOUR,
@@ -23,7 +21,9 @@ from multimag.labels import (
     read_labels,
     write_labels,
 )
-from multimag.store import SCHEMA_VERSION
+from multimag.errors import ConfigError, SamplesError, StoreError
+from multimag.wsi.geometry import mag_label
+from multimag.wsi.store import SCHEMA_VERSION
 
 LABELS = load_config()["labels"]
 SLIDE = (3000, 2200)
@@ -127,9 +127,9 @@ def test_square_with_hole_exact_at_every_magnification(tmp_path, fmt):
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
-    from multimag.demo import make_demo_cohort
-    from multimag.slide import open_slide
-    from multimag.tiling import TilingConfig, tile_slide
+    from multimag.demo.cohort import make_demo_cohort
+    from multimag.wsi.slide import open_slide
+    from multimag.wsi.tiling import TilingConfig, tile_slide
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_cohort(root, seed=0, slide_ids=["P01_A"])

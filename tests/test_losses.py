@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from multimag.losses import (  # noqa: E402
+from multimag.learn.losses import (  # noqa: E402
     constellation_loss,
     focal_loss,
     npair_loss,

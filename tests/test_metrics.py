@@ -22,8 +22,8 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import KNeighborsClassifier
 
-from multimag.aggregate import aggregate
-from multimag.metrics import (
+from multimag.evaluate.aggregate import aggregate
+from multimag.evaluate.metrics import (
     embedding_metrics,
     evaluate,
     evaluate_method,

@@ -9,10 +9,10 @@ import torchvision
 from torch import nn
 
 from multimag.errors import ConfigError
-from multimag.methods import build_model, constellation_triples, label_subset
-from multimag.models import DSMLNet, PatchNet, build_backbone
-from multimag.models.backbones import backbone_names
-from multimag.models.pnn import PNN
+from multimag.learn.methods import build_model, constellation_triples, label_subset
+from multimag.learn.models import DSMLNet, PatchNet, build_backbone
+from multimag.learn.models.backbones import backbone_names
+from multimag.learn.models.pnn import PNN
 
 
 def test_pnn_has_prelu_after_every_parametric_layer_and_any_patch_size():

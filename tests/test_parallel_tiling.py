@@ -17,10 +17,10 @@ import tifffile
 from conftest import full_tissue
 from test_bad_input import assert_clean_failure
 
-import multimag.tiling as tiling
-from multimag.slide import open_slide
-from multimag.svs_writer import write_svs
-from multimag.tiling import TileUse, TilingConfig, iter_patch_sets, plan_blocks, plan_patches
+import multimag.wsi.tiling as tiling
+from multimag.demo.svs_writer import write_svs
+from multimag.wsi.slide import open_slide
+from multimag.wsi.tiling import TileUse, TilingConfig, iter_patch_sets, plan_blocks, plan_patches
 
 
 def _digests(store: Path) -> dict[str, str]:

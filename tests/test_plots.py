@@ -17,8 +17,8 @@ import shapely
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from multimag.annotations import Annotation, RasterMask, load_annotation
-from multimag.plots import (
+from multimag.dataset.annotations import Annotation, RasterMask, load_annotation
+from multimag.evaluate.plots import (
     PlotError,
     confusion_counts,
     finest_extent,
@@ -32,7 +32,7 @@ from multimag.plots import (
     roc_summary,
     tsne_points,
 )
-from multimag.tissue import TissueMask, TissueParams
+from multimag.wsi.tissue import TissueMask, TissueParams
 
 MAGS = (20.0, 10.0, 5.0, 2.5)
 EXTENTS = {"20x": 128.0, "10x": 256.0, "5x": 512.0, "2.5x": 1024.0}
@@ -326,7 +326,7 @@ def demo_slide(tmp_path_factory, demo_dataset):
     labels_path = results / "labels" / "P01_A.parquet"
     store_path = results / "stores" / "P01_A.zarr"
     tissue_path = results / "tissue" / "P01_A.npz"
-    from multimag.store import open_store
+    from multimag.wsi.store import open_store
 
     store = open_store(store_path)
     centers = store["centers"][:]

@@ -10,9 +10,9 @@ import pytest
 import shapely
 from test_plots import grid_centers, make_predictions, write_predictions
 
-from multimag.annotations import load_annotation
-from multimag.plots import PlotError, read_predictions
-from multimag.qupath import export_geojson
+from multimag.dataset.annotations import load_annotation
+from multimag.evaluate.plots import PlotError, read_predictions
+from multimag.evaluate.qupath import export_geojson
 
 
 @pytest.fixture()

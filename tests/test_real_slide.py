@@ -10,8 +10,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from multimag.slide import open_slide
-from multimag.tiling import TilingConfig, tile_slide
+from multimag.wsi.slide import open_slide
+from multimag.wsi.tiling import TilingConfig, tile_slide
 
 MAGS = (20.0, 10.0, 5.0)
 FILTERS = {"box": Image.Resampling.BOX, "lanczos": Image.Resampling.LANCZOS}

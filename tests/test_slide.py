@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimag.slide import open_slide, reduce_pixels
+from multimag.wsi.slide import open_slide, reduce_pixels
 
 
 def test_reduce_pixels_is_the_block_mean():

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from multimag.errors import MultimagError
-from multimag.samples import load_samples
-from multimag.splits import (
+from multimag.dataset.samples import load_samples
+from multimag.dataset.splits import (
     LeakError,
     SplitError,
     check_no_leak,
@@ -17,6 +16,7 @@ from multimag.splits import (
     read_splits,
     write_splits,
 )
+from multimag.errors import MultimagError
 
 
 def cohort(n_patients: int = 20, labelled: bool = True) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from multimag.errors import StoreError
-from multimag.geometry import Pyramid, Resolution, plan_magnifications
-from multimag.store import SCHEMA_VERSION, StoreWriter, open_store
+from multimag.wsi.geometry import Pyramid, Resolution, plan_magnifications
+from multimag.wsi.store import SCHEMA_VERSION, StoreWriter, open_store
 
 
 def _plans(sides_mode="same_center", patch=32):
@@ -118,7 +118,7 @@ def test_open_store_rejects_unfinished_and_foreign(tmp_path):
 def test_patch_reader_equals_zarr_in_random_order(tmp_path, compression):
     """Batched reads (cached shard index, pread, decode) give exactly what zarr
     gives, for patches in any order, repeated, across shards, at every size."""
-    from multimag.store import PatchReader
+    from multimag.wsi.store import PatchReader
 
     path = tmp_path / "s1.zarr"
     _write(path, 13, compression, shard=4, mode="same_field")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from multimag.config import load_config, validate_config
+from multimag.dataset.samples import load_samples
 from multimag.errors import ConfigError, SamplesError
-from multimag.samples import load_samples
-from multimag.tissue import TissueMask, TissueParams
+from multimag.wsi.tissue import TissueMask, TissueParams
 
 
 def test_tissue_fractions_are_area_exact():
@@ -33,8 +33,8 @@ def test_tissue_mask_roundtrip(tmp_path):
 
 
 def test_detect_tissue_on_real_slide(cmu_slide):
-    from multimag.slide import open_slide
-    from multimag.tissue import detect_tissue
+    from multimag.wsi.slide import open_slide
+    from multimag.wsi.tissue import detect_tissue
 
     with open_slide(cmu_slide) as slide:
         t = detect_tissue(slide)

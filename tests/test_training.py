@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from multimag.config import load_config
-from multimag.predict import ModelError, load_model, predict_store
-from multimag.train import TrainingError, train
+from multimag.learn.predict import ModelError, load_model, predict_store
+from multimag.learn.train import TrainingError, train
 
 QUICK = {"train": {"epochs": 2, "samples_per_epoch": 256, "val_max_patches": 120,
                    "workers": 0, "batch_size": 32},
@@ -86,7 +86,7 @@ def test_every_method_trains_and_predicts_its_test_slide(fold0, tmp_path, method
 def test_mpcs_finetune_starts_from_the_pretrained_encoder(fold0, tmp_path):
     """With a learning rate of zero, fine-tuning leaves the encoder exactly as
     pre-training left it (and pre-training did move it from the seeded init)."""
-    from multimag.methods import build_model
+    from multimag.learn.methods import build_model
 
     config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     train(fold0["index"], tmp_path / "pre", "mpcs_pretrain", 0, config,

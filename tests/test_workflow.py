@@ -19,7 +19,7 @@ import yaml
 import zarr
 from conftest import REPO, fixture_path
 
-from multimag.svs_writer import write_svs
+from multimag.demo.svs_writer import write_svs
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
@@ -133,7 +133,7 @@ def test_demo_end_to_end(tmp_path):
     res = snakemake(tmp_path, "all")
     assert res.returncode == 0, res.stderr[-3000:]
     from multimag.config import load_config
-    from multimag.samples import load_samples
+    from multimag.dataset.samples import load_samples
 
     out = tmp_path / "results"
     config = load_config(out / "config.resolved.yaml")

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import MultimagError
+from multimag.errors import MultimagError
 
 
 def _add_slide_options(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def _add_slide_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict:
-    from .config import load_config
+    from multimag.config import load_config
 
     return load_config(args.config, {"reader": args.reader,
                                       "magnifications": args.magnifications,
@@ -38,14 +38,14 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def _open(args: argparse.Namespace, config: dict):
-    from .slide import open_slide
+    from multimag.wsi.slide import open_slide
 
     return open_slide(args.slide, slide_id=args.slide_id, reader=config["reader"],
                       mpp=args.mpp, cache_mb=config["cache_mb"])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import make_demo_cohort
+    from multimag.demo.cohort import make_demo_cohort
 
     samples = make_demo_cohort(args.outdir, seed=args.seed)
     print(samples)
@@ -53,8 +53,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tissue(args: argparse.Namespace) -> int:
-    from .tiling import TilingConfig, plan_patches
-    from .tissue import detect_tissue, draw_qc
+    from multimag.wsi.tiling import TilingConfig, plan_patches
+    from multimag.wsi.tissue import detect_tissue, draw_qc
 
     config = _config(args)
     tconf = TilingConfig.from_config(config)
@@ -71,8 +71,8 @@ def cmd_tissue(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
-    from .tiling import TilingConfig, tile_slide
-    from .tissue import TissueMask
+    from multimag.wsi.tiling import TilingConfig, tile_slide
+    from multimag.wsi.tissue import TissueMask
 
     config = _config(args)
     if args.out.suffix != ".zarr":
@@ -91,8 +91,8 @@ def cmd_tile(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .labels import label_store, write_labels
+    from multimag.config import load_config
+    from multimag.dataset.labels import label_store, write_labels
 
     config = load_config(args.config)
     table = label_store(args.store, annotation=args.annotation, slide_label=args.slide_label,
@@ -107,8 +107,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .samples import load_samples
-    from .splits import check_no_leak, make_splits, write_splits
+    from multimag.dataset.samples import load_samples
+    from multimag.dataset.splits import check_no_leak, make_splits, write_splits
 
     splits = make_splits(load_samples(args.samples), folds=args.folds, seed=args.seed,
                          source=args.samples)
@@ -120,9 +120,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .sampling import build_indices
-    from .splits import read_splits
+    from multimag.config import load_config
+    from multimag.dataset.indices import build_indices
+    from multimag.dataset.splits import read_splits
 
     summary = build_indices(read_splits(args.splits), args.labels_dir, args.out_dir, args.fold,
                             load_config(args.config))
@@ -144,18 +144,18 @@ def _torch_threads(threads: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .methods import check_method
+    from multimag.config import load_config
+    from multimag.learn.methods import check_method
 
     check_method(args.method)
     config = load_config(args.config)
     _torch_threads(args.threads)
     gpus = args.gpus or config["train"]["gpus"]
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
-        from .train import relaunch_with_torchrun
+        from multimag.learn.train import relaunch_with_torchrun
 
         return relaunch_with_torchrun(gpus, sys.argv[1:] if args.argv is None else args.argv)
-    from .train import train
+    from multimag.learn.train import train
 
     meta = train(args.index_dir, args.out_dir, args.method, args.fold, config,
                  device=args.device, stores_dir=args.stores, init=args.init,
@@ -167,8 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .aggregate import FUSED
-    from .predict import load_model, predict_store, resolve_device
+    from multimag.evaluate.aggregate import FUSED
+    from multimag.learn.predict import load_model, predict_store, resolve_device
 
     items = [args.model_dir, args.store, args.out, *args.more]
     if len(items) % 3:
@@ -197,7 +197,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _aggregate_options(args: argparse.Namespace) -> dict:
-    from .config import load_config
+    from multimag.config import load_config
 
     ac = load_config(args.config)["aggregate"]
     return {"rule": args.rule or ac["rule"], "tie": args.tie or ac["tie"],
@@ -207,7 +207,7 @@ def _aggregate_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from .aggregate import aggregate
+    from multimag.evaluate.aggregate import aggregate
 
     _, _, summary = aggregate(args.predictions_dir, args.splits, args.out_dir,
                               **_aggregate_options(args))
@@ -217,7 +217,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate
+    from multimag.evaluate.metrics import evaluate
 
     options = _aggregate_options(args)
     summary = evaluate({Path(d).name: d for d in args.predictions_dirs}, args.splits,
@@ -229,9 +229,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .figures import method_figures
-    from .samples import load_samples
+    from multimag.config import load_config
+    from multimag.dataset.samples import load_samples
+    from multimag.evaluate.figures import method_figures
 
     config = load_config(args.config)
     annotations = {}
@@ -246,7 +246,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from multimag import __version__
 
     parser = argparse.ArgumentParser(prog="multimag", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"multimag {__version__}")

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import ConfigError
+from multimag.errors import ConfigError
 
 SCHEMA_PATH = Path(str(files("multimag") / "schemas" / "config.schema.yaml"))
 

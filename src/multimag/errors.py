@@ -59,3 +59,47 @@ class StoreError(MultimagError):
 
 class SamplesError(MultimagError):
     """samples.tsv is malformed (missing columns, duplicate ids, bad paths)."""
+
+
+class IndexBuildError(MultimagError):
+    """The indices of a fold cannot be built from its splits and label tables."""
+
+
+class LabelTableError(IndexBuildError):
+    """A per-slide label table is missing or malformed."""
+
+
+class PlotError(MultimagError):
+    """A prediction table or plotting input is unusable (missing columns, no extent)."""
+
+
+class AnnotationError(MultimagError):
+    """An annotation file cannot be read: missing, empty, unknown format, malformed."""
+
+
+class AnnotationWarning(UserWarning):
+    """Something in an annotation file was dropped or repaired (the labels still follow)."""
+
+
+class IndexReferenceError(MultimagError):
+    """An index references a store, patch or magnification that does not exist."""
+
+
+class SplitError(MultimagError):
+    """A splits table (or the samples it is made from) cannot give valid folds."""
+
+
+class LeakError(SplitError):
+    """A patient appears in more than one fold (on both sides of a split)."""
+
+
+class PredictionsError(MultimagError):
+    """A predictions directory is incomplete, mixed, leaky or not of the schema."""
+
+
+class ModelError(MultimagError):
+    """A model directory is missing, incomplete or does not fit the data."""
+
+
+class TrainingError(MultimagError):
+    """Training cannot start or continue on these inputs."""

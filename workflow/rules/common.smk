@@ -7,8 +7,8 @@ import yaml
 from snakemake.utils import validate
 
 from multimag.config import step_settings
-from multimag.samples import load_samples
-from multimag.splits import make_splits
+from multimag.dataset.samples import load_samples
+from multimag.dataset.splits import make_splits
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
@@ -32,7 +32,7 @@ _SAMPLES = {}
 
 
 def samples():
-    """The samples table (checked by multimag.samples, read once); in demo mode
+    """The samples table (checked by multimag.dataset.samples, read once); in demo mode
     only after the demo checkpoint ran."""
     if IS_DEMO:
         checkpoints.demo.get()

@@ -37,20 +37,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import MultimagError
+from multimag.atomic import atomic_path
+from multimag.errors import LeakError, SplitError
 
 COLUMNS = ("slide_id", "patient_id", "fold")
 ROLES = ("train", "val", "test")
 MIN_FOLDS = 3
-
-
-class SplitError(MultimagError):
-    """A splits table (or the samples it is made from) cannot give valid folds."""
-
-
-class LeakError(SplitError):
-    """A patient appears in more than one fold (on both sides of a split)."""
 
 
 def patient_labels(samples: pd.DataFrame) -> pd.Series:
@@ -73,7 +65,7 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
                 source: str | Path | None = None) -> pd.DataFrame:
     """One row per slide: ``slide_id, patient_id, fold`` (k-fold by patient).
 
-    ``samples`` is the table of ``multimag.samples.load_samples`` (or any frame
+    ``samples`` is the table of ``multimag.dataset.samples.load_samples`` (or any frame
     with ``slide_id`` and ``patient_id`` columns, ``slide_label`` optional);
     ``source`` names the file it came from in error messages.
     """

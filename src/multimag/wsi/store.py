@@ -38,10 +38,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
-from . import __version__
-from .codecs import JpegCodec
-from .errors import StoreError
-from .geometry import MagPlan
+from multimag import __version__
+from multimag.errors import StoreError
+from multimag.wsi.codecs import JpegCodec
+from multimag.wsi.geometry import MagPlan
 
 SCHEMA_VERSION = 1
 COMPRESSIONS = ("jpeg", "zstd")

@@ -3,7 +3,7 @@ mean, the confusion matrix and the t-SNE of the test embeddings over all slides,
 and per slide the tumour-probability heatmap beside the annotation and the
 QuPath GeoJSON of its patch predictions.
 
-The predictions are read through :func:`multimag.aggregate.read_predictions`, so
+The predictions are read through :func:`multimag.evaluate.aggregate.read_predictions`, so
 the checks of the aggregation step hold here too (every slide of the splits
 predicted, by its own fold's model, with one configuration).
 """
@@ -18,11 +18,11 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from . import plots
-from .aggregate import read_predictions as read_method_predictions
-from .annotations import AnnotationWarning
-from .atomic import atomic_dir
-from .qupath import export_geojson
+from multimag.atomic import atomic_dir
+from multimag.dataset.annotations import AnnotationWarning
+from multimag.evaluate import plots
+from multimag.evaluate.aggregate import read_predictions as read_method_predictions
+from multimag.evaluate.qupath import export_geojson
 
 __all__ = ["method_figures"]
 

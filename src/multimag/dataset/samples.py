@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import SamplesError
+from multimag.errors import SamplesError
 
 REQUIRED = ("slide_id", "patient_id", "path")
 OPTIONAL = ("annotation", "mpp", "slide_label")

@@ -39,15 +39,22 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
-from . import __version__
-from .aggregate import FUSED
-from .atomic import atomic_path
-from .config import step_settings
-from .data import Augment, AugmentParams, EpochSampler, PatchDataset, View, make_loader
-from .errors import MultimagError
-from .losses import nt_xent_loss
-from .methods import SUPERVISED, build_model, check_method, loss, training_sampling
-from .predict import (
+from multimag import __version__
+from multimag.atomic import atomic_path
+from multimag.config import step_settings
+from multimag.errors import TrainingError
+from multimag.evaluate.aggregate import FUSED
+from multimag.learn.data import (
+    Augment,
+    AugmentParams,
+    EpochSampler,
+    PatchDataset,
+    View,
+    make_loader,
+)
+from multimag.learn.losses import nt_xent_loss
+from multimag.learn.methods import SUPERVISED, build_model, check_method, loss, training_sampling
+from multimag.learn.predict import (
     META_FILE,
     MODEL_FILE,
     STORE_KEYS,
@@ -57,11 +64,7 @@ from .predict import (
     resolve_device,
     score_patches,
 )
-from .store import SCHEMA_VERSION, PatchReader
-
-
-class TrainingError(MultimagError):
-    """Training cannot start or continue on these inputs."""
+from multimag.wsi.store import SCHEMA_VERSION, PatchReader
 
 
 def _read_index_meta(index_dir: Path, fold: int) -> dict:

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses
-from .data import (
+from multimag.errors import ConfigError
+from multimag.learn import losses
+from multimag.learn.data import (
     View,
     field_views,
     magnification_pair_views,
@@ -41,8 +42,7 @@ from .data import (
     single_view,
     triplet_views,
 )
-from .errors import ConfigError
-from .models import DSMLNet, PatchNet, build_backbone
+from multimag.learn.models import DSMLNet, PatchNet, build_backbone
 
 METHODS = ("ce_baseline", "smse_pair", "smse_triplet", "dsml", "constellation",
            "mpcs_pretrain", "mpcs_finetune")

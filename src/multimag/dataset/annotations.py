@@ -45,8 +45,8 @@ import shapely
 import tifffile
 from shapely.geometry.base import BaseGeometry
 
-from .errors import ConfigError, MultimagError
-from .geometry import level_scale, mask_fractions
+from multimag.errors import AnnotationError, AnnotationWarning, ConfigError
+from multimag.wsi.geometry import level_scale, mask_fractions
 
 __all__ = [
     "CLASSES",
@@ -76,14 +76,6 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _FIX_FORMAT = ("give a QuPath GeoJSON (.geojson), an ASAP / CAMELYON XML (.xml) or a TIFF "
                "raster mask of integer class values")
 _XML_POLYGON_TYPES = ("polygon", "spline", "rectangle")
-
-
-class AnnotationError(MultimagError):
-    """An annotation file cannot be read: missing, empty, unknown format, malformed."""
-
-
-class AnnotationWarning(UserWarning):
-    """Something in an annotation file was dropped or repaired (the labels still follow)."""
 
 
 # ---------------------------------------------------------------------------- class map

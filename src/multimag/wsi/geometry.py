@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, ResolutionError
+from multimag.errors import ConfigError, ResolutionError
 
 #: relative tolerance when comparing pixel sizes (0.499 um/px counts as 20x)
 MPP_RTOL = 0.01

@@ -17,7 +17,7 @@ one worker's block from 3.4 to 2.6 s (benchmarks/README.md).
 Consecutive rows share tiles, but a tile reaches only a few rows (the patch side
 plus a tile, in level pixels), so few bands are open at a time. A tile version
 that another stripe reads as well (the reader's ``keep`` set, see
-:class:`multimag.tiling.TileUse`) also goes to the reader's tile cache, which the
+:class:`multimag.wsi.tiling.TileUse`) also goes to the reader's tile cache, which the
 next stripe looks in before decoding.
 """
 
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .geometry import tiles_under
-from .slide import WHITE, Slide, decode_buffer, reduce_pixels
+from multimag.wsi.geometry import tiles_under
+from multimag.wsi.slide import WHITE, Slide, decode_buffer, reduce_pixels
 
 try:  # numpy's switch for asking the kernel for huge pages (arrays of 4 MiB or more)
     from numpy._core.multiarray import _set_madvise_hugepage

@@ -72,9 +72,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .errors import MultimagError
-from .splits import read_splits
+from multimag.atomic import atomic_path
+from multimag.dataset.splits import read_splits
+from multimag.errors import MultimagError, PredictionsError
 
 __all__ = [
     "COLUMNS",
@@ -121,10 +121,6 @@ SLIDE_COLUMNS = ("slide_id", "patient_id", "fold", *STAT_COLUMNS, *VERDICT_COLUM
 PATIENT_COLUMNS = ("patient_id", "fold", "n_slides", *STAT_COLUMNS, *VERDICT_COLUMNS)
 
 _FIX_PREDICT = "re-run the predict step (multimag predict) for the current splits"
-
-
-class PredictionsError(MultimagError):
-    """A predictions directory is incomplete, mixed, leaky or not of the schema."""
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -33,8 +33,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from .errors import ResolutionError, SlideFormatError, SlideNotFoundError, SlideReadError
-from .geometry import Pyramid
+from multimag.errors import ResolutionError, SlideFormatError, SlideNotFoundError, SlideReadError
+from multimag.wsi.geometry import Pyramid
 
 READERS = ("tiffslide", "openslide")
 # tifffile logs what it finds wrong in a file; the error we raise says it once

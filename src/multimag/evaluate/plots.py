@@ -14,7 +14,7 @@ per patch) and writes one PNG atomically (:func:`multimag.atomic.atomic_path`):
   outline beside the thumbnail painted with each patch's fused P(tumour) over the
   finest magnification's field.
 
-The tiling QC thumbnails are drawn by :func:`multimag.tissue.draw_qc` (rule
+The tiling QC thumbnails are drawn by :func:`multimag.wsi.tissue.draw_qc` (rule
 ``tissue`` / ``tile``); they go into the report as they are.
 
 The numbers behind the pictures are public functions of their own
@@ -43,11 +43,11 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
-from .aggregate import FUSED, METADATA_KEY
-from .annotations import Annotation, load_annotation
-from .atomic import atomic_path
-from .errors import MultimagError
-from .tissue import TissueMask
+from multimag.atomic import atomic_path
+from multimag.dataset.annotations import Annotation, load_annotation
+from multimag.errors import PlotError
+from multimag.evaluate.aggregate import FUSED, METADATA_KEY
+from multimag.wsi.tissue import TissueMask
 
 __all__ = [
     "CLASS_COLORS",
@@ -76,10 +76,6 @@ CLASS_NAMES = {0: "normal", 1: "tumour"}
 DPI = 120
 HEATMAP_CMAP = "RdYlBu_r"
 REQUIRED = ("patch", "x", "y", "label", "view", "prob_tumour")
-
-
-class PlotError(MultimagError):
-    """A prediction table or plotting input is unusable (missing columns, no extent)."""
 
 
 # ---------------------------------------------------------------------------- tables
@@ -473,7 +469,7 @@ def plot_heatmap(pred_df: pd.DataFrame, tissue_npz: str | Path, path: str | Path
     dashed); right: the thumbnail under each patch's fused P(tumour), painted over
     the finest magnification's field, with a colourbar.
 
-    ``annotation``: an :class:`~multimag.annotations.Annotation`, a path (read with
+    ``annotation``: an :class:`~multimag.dataset.annotations.Annotation`, a path (read with
     ``class_map``, default: the config's default ``labels.class_map``) or None.
     ``extent_level0``: see :func:`finest_extent` (None: from ``pred_df.attrs``).
     """
@@ -489,7 +485,7 @@ def plot_heatmap(pred_df: pd.DataFrame, tissue_npz: str | Path, path: str | Path
     sx, sy = tissue.scale_x, tissue.scale_y
     if annotation is not None and not isinstance(annotation, Annotation):
         if class_map is None:
-            from .config import load_config
+            from multimag.config import load_config
 
             class_map = load_config()["labels"]["class_map"]
         annotation = load_annotation(annotation, class_map, slide_id=slide_id)

@@ -33,12 +33,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .annotations import load_annotation
-from .atomic import atomic_path
-from .errors import ConfigError, SamplesError
-from .geometry import MPP_RTOL, footprints, mag_label
-from .store import open_store
+from multimag import __version__
+from multimag.atomic import atomic_path
+from multimag.dataset.annotations import load_annotation
+from multimag.errors import ConfigError, SamplesError
+from multimag.wsi.geometry import MPP_RTOL, footprints, mag_label
+from multimag.wsi.store import open_store
 
 __all__ = [
     "LABEL_AMBIGUOUS",
@@ -62,7 +62,7 @@ def fraction_column(magnification: float) -> str:
 
 
 def _labels_config(labels_config: Mapping[str, Any] | None) -> dict:
-    from .config import load_config
+    from multimag.config import load_config
 
     cfg = dict(load_config()["labels"])
     cfg.update(labels_config or {})

@@ -2,14 +2,14 @@
 augmentation.
 
 A dataset is a table of references into the stores (the parquet indices of
-``multimag.sampling``) plus the *views* one sample is made of: a single patch,
+``multimag.dataset.indices``) plus the *views* one sample is made of: a single patch,
 the two sides of an SMSE pair, a triplet, an MPCS magnification pair or a DSML
 tuple of magnifications of one field of view. Each view names the columns that
 hold its slide, patch and magnification (or a fixed magnification).
 
 Reading is batched: the loader hands a whole batch of indices to
 ``__getitems__``, which reads them store by store and array by array through
-``multimag.store.PatchReader`` (one ``pread`` and one JPEG decode per patch, no
+``multimag.wsi.store.PatchReader`` (one ``pread`` and one JPEG decode per patch, no
 per-chunk zarr machinery). Stores are opened lazily, in the process that reads
 them, so DataLoader workers each open their own.
 
@@ -29,16 +29,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import MultimagError
-from .geometry import mag_label
-from .store import PatchReader
+from multimag.errors import IndexReferenceError
+from multimag.wsi.geometry import mag_label
+from multimag.wsi.store import PatchReader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class IndexError_(MultimagError):
-    """An index references a store, patch or magnification that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ class PatchDataset(Dataset):
                    if isinstance(c, str) and c not in self.table.columns]
         missing += [c for c in self.label_columns if c not in self.table.columns]
         if missing:
-            raise IndexError_(f"the index table has no column(s) {sorted(set(missing))}",
+            raise IndexReferenceError(f"the index table has no column(s) {sorted(set(missing))}",
                               fix="rebuild the indices with this version of multimag")
         self._labels = (self.table[list(self.label_columns)].to_numpy(np.int64)
                         if self.label_columns else np.zeros((len(self.table), 0), np.int64))
@@ -117,7 +113,7 @@ class PatchDataset(Dataset):
         absent = sorted(s for s in slides
                         if not (self.stores.stores_dir / f"{s}.zarr").exists())
         if absent:
-            raise IndexError_(f"the index references {len(absent)} missing store(s): "
+            raise IndexReferenceError(f"the index references {len(absent)} missing store(s): "
                               f"{', '.join(absent[:5])}", slide=absent[0],
                               path=self.stores.stores_dir / f"{absent[0]}.zarr",
                               fix="run the tile step for these slides, or rebuild the "
@@ -128,7 +124,7 @@ class PatchDataset(Dataset):
                 reader = self.stores[slide]
                 if low < 0 or high >= reader.n:
                     bad = high if high >= reader.n else low
-                    raise IndexError_(f"the index references patch {bad} of a store with "
+                    raise IndexReferenceError(f"the index references patch {bad} of a store with "
                                       f"{reader.n} patches", slide=slide,
                                       path=reader.path, fix="rebuild the indices from the "
                                       "current stores and labels")
@@ -163,7 +159,7 @@ class PatchDataset(Dataset):
             if out is None:
                 out = np.empty((len(rows), *pixels.shape[1:]), np.uint8)
             elif out.shape[1:] != pixels.shape[1:]:
-                raise IndexError_(f"patches of one view differ in size ({out.shape[1:]} vs "
+                raise IndexReferenceError(f"patches of one view differ in size ({out.shape[1:]} vs "
                                   f"{pixels.shape[1:]} at {mag_label(mag)})", slide=slide,
                                   path=reader.path, fix="tile every slide with the same "
                                   "patch_px, mode and magnifications")

@@ -21,22 +21,25 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from .aggregate import FUSED, METADATA_KEY
-from .atomic import atomic_path
-from .data import Augment, AugmentParams, EpochSampler, PatchDataset, make_loader, single_patches
-from .errors import MultimagError
-from .geometry import mag_label
-from .methods import build_model, dsml_magnifications, patch_views
-from .store import SCHEMA_VERSION, PatchReader
+from multimag.atomic import atomic_path
+from multimag.errors import ModelError, MultimagError
+from multimag.evaluate.aggregate import FUSED, METADATA_KEY
+from multimag.learn.data import (
+    Augment,
+    AugmentParams,
+    EpochSampler,
+    PatchDataset,
+    make_loader,
+    single_patches,
+)
+from multimag.learn.methods import build_model, dsml_magnifications, patch_views
+from multimag.wsi.geometry import mag_label
+from multimag.wsi.store import SCHEMA_VERSION, PatchReader
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 #: what a store must share with the stores a model was trained on
 STORE_KEYS = ("patch_px", "mode", "magnifications")
-
-
-class ModelError(MultimagError):
-    """A model directory is missing, incomplete or does not fit the data."""
 
 
 def config_digest(config: dict) -> str:

@@ -7,7 +7,7 @@ of every slide in the splits, and writes into ``out_dir`` tables of references
 
 Every training table (pairs, triplets, cross-magnification pairs, MPCS pairs,
 batches, ``patches_train``) is drawn ONLY from the training patients of the fold
-(see ``multimag.splits``: test = fold F, validation = fold (F+1) % k, training =
+(see ``multimag.dataset.splits``: test = fold F, validation = fold (F+1) % k, training =
 the rest) and re-checked for that before it is written. Ambiguous (-1) patches
 are never used as labelled samples; the self-supervised MPCS pairs use every
 training patch, ambiguous ones included, because they need no label.
@@ -79,10 +79,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .config import validate_config
-from .errors import ConfigError, MultimagError
-from .splits import LeakError, check_no_leak, fold_roles, n_folds
+from multimag.atomic import atomic_path
+from multimag.config import validate_config
+from multimag.dataset.splits import LeakError, check_no_leak, fold_roles, n_folds
+from multimag.errors import ConfigError, IndexBuildError, LabelTableError
 
 LABEL_COLUMNS = ("slide_id", "patch", "label")
 LABEL_NAMES = {-1: "ambiguous", 0: "normal", 1: "tumour"}
@@ -92,14 +92,6 @@ TABLES = ("patches_train", "patches_val", "patches_test", "pairs", "triplets",
 # one independent random stream per table (appending new streams keeps old ones)
 _STREAMS = {"anchors": 0, "pairs": 1, "triplets": 2, "cross_mag_pairs": 3,
             "mpcs_ordered": 4, "mpcs_random": 5, "batches": 6}
-
-
-class IndexBuildError(MultimagError):
-    """The indices of a fold cannot be built from its splits and label tables."""
-
-
-class LabelTableError(IndexBuildError):
-    """A per-slide label table is missing or malformed."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +155,7 @@ def build_indices(splits: pd.DataFrame, labels_dir: str | Path, out_dir: str | P
     missing = [c for c in ("slide_id", "patient_id", "fold") if c not in splits.columns]
     if missing:
         raise IndexBuildError(f"the splits lack column(s) {', '.join(missing)}",
-                              fix="read them with multimag.splits.read_splits")
+                              fix="read them with multimag.dataset.splits.read_splits")
     splits = splits.loc[:, ["slide_id", "patient_id", "fold"]].astype(
         {"slide_id": str, "patient_id": str, "fold": np.int64}).reset_index(drop=True)
     dupes = sorted(splits.loc[splits["slide_id"].duplicated(), "slide_id"].unique())
@@ -492,7 +484,7 @@ def _check_training(name: str, table: pa.Table, train_slides: set[str], fold: in
         if outside:
             raise LeakError(f"fold {fold}: {name}.{col} references slide(s) "
                             f"{', '.join(outside[:5])} of non-training patients",
-                            fix="this is a bug in multimag.sampling; please report it")
+                            fix="this is a bug in multimag.dataset.indices; please report it")
 
 
 def _by_label(labels: np.ndarray) -> dict[str, int]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from multimag.errors import ConfigError
 
 
 class PatchNet(nn.Module):

@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import filters, morphology, segmentation
 
-from .atomic import atomic_path
-from .errors import StoreError
-from .geometry import mask_fractions
-from .slide import Slide, reduce_pixels
+from multimag.atomic import atomic_path
+from multimag.errors import StoreError
+from multimag.wsi.geometry import mask_fractions
+from multimag.wsi.slide import Slide, reduce_pixels
 
 
 @dataclass(frozen=True)

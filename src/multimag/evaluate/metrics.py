@@ -1,7 +1,7 @@
 """Metrics per method and fold, and one results table across methods (rule ``evaluate``).
 
 Everything is computed with scikit-learn; the slide and patient levels reuse
-:mod:`multimag.aggregate` (same rules, same truth).
+:mod:`multimag.evaluate.aggregate` (same rules, same truth).
 
 ``evaluate_method`` -> one row per test fold (``{out_dir}/metrics.tsv``):
 
@@ -13,7 +13,7 @@ Everything is computed with scikit-learn; the slide and patient levels reuse
 * the same per magnification, from the rows of that view alone, prefixed with
   the view: ``20x_acc``, ``20x_balanced_acc``, ... (finest magnification first);
 * ``slide_accuracy``, ``patient_accuracy``: share of scored slides / patients whose
-  verdict equals their truth (see :mod:`multimag.aggregate`); ``recognition_rate``:
+  verdict equals their truth (see :mod:`multimag.evaluate.aggregate`); ``recognition_rate``:
   SMSE's RR, the mean over patients of correct patches / patches;
   ``n_slides_unscored``: slides without a usable patch;
 * test-embedding metrics (the constellation-loss protocol) on the labelled
@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .aggregate import FUSED, read_predictions, verdict_summary, verdicts
-from .atomic import atomic_path
-from .errors import MultimagError
-from .splits import read_splits
+from multimag.atomic import atomic_path
+from multimag.dataset.splits import read_splits
+from multimag.errors import MultimagError
+from multimag.evaluate.aggregate import FUSED, read_predictions, verdict_summary, verdicts
 
 __all__ = [
     "PATCH_METRICS",
@@ -197,7 +197,7 @@ def evaluate_method(pred_dir: str | Path, splits_path: str | Path | pd.DataFrame
     docstring); writes ``{out_dir}/metrics.tsv`` when ``out_dir`` is given.
 
     ``rule``, ``tie``, ``threshold``, ``fraction_threshold`` and ``exclude_ambiguous``
-    are those of :func:`multimag.aggregate.aggregate`; ``k``, ``max_points`` and
+    are those of :func:`multimag.evaluate.aggregate.aggregate`; ``k``, ``max_points`` and
     ``seed`` those of :func:`embedding_metrics`.
     """
     splits = (read_splits(splits_path) if isinstance(splits_path, (str, Path))

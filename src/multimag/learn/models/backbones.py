@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from multimag.errors import ConfigError
+
 from .pnn import PNN
 
 # the node whose output is the last feature map, per torchvision family

@@ -5,7 +5,7 @@ columns, rows within a stripe, see :func:`geometry.stripe_order`). Each run of
 a row is cut at every magnification as one band of the level, reduced by an
 integer factor where needed; the patches are views of the band. With a tiled
 reader the bands are filled as each source tile is decoded, once, into a reused
-buffer (:class:`~multimag.bands.StripeBands`); otherwise they are read as level
+buffer (:class:`~multimag.wsi.bands.StripeBands`); otherwise they are read as level
 regions. A patch whose footprint does not fall on its magnification's integer
 grid (a 0.499 um/px slide, a non-box filter, upsampling) is resampled from its
 own level region with PIL's anti-aliased filter, on the level's own pixel grid.
@@ -13,7 +13,7 @@ own level region with PIL's anti-aliased filter, on the level's own pixel grid.
 Parallelism: the patches are split into one contiguous block of whole shards
 per worker process (:func:`plan_blocks`); each process reopens the slide, cuts
 its share, and hands every shard's worth of patch sets to a sink (the store's
-:class:`~multimag.store.ShardWriter`, which encodes and writes the shard). Two
+:class:`~multimag.wsi.store.ShardWriter`, which encodes and writes the shard). Two
 blocks make a segment that their two workers cut from both ends until they meet
 (:class:`ChunkClaims`), so neither waits for the other. Processes, not threads: a
 process shares nothing with the others (no hand-offs, no GIL) and encodes and
@@ -45,9 +45,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .bands import StripeBands
-from .errors import MultimagError
-from .geometry import (
+from multimag.errors import MultimagError
+from multimag.wsi.bands import StripeBands
+from multimag.wsi.geometry import (
     MagPlan,
     Resolution,
     footprints,
@@ -56,9 +56,9 @@ from .geometry import (
     stripe_order,
     tiles_under,
 )
-from .slide import Slide, SlideSource
-from .store import StoreWriter, source_attrs
-from .tissue import TissueMask, TissueParams, detect_tissue, draw_qc
+from multimag.wsi.slide import Slide, SlideSource
+from multimag.wsi.store import StoreWriter, source_attrs
+from multimag.wsi.tissue import TissueMask, TissueParams, detect_tissue, draw_qc
 
 FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -227,7 +227,7 @@ class RunCutter:
     """Cuts a slide's planned patches run by run, any stretch ``[start, end)`` of them.
 
     A magnification whose patches lie on an integer reduction of a tiled level is cut
-    from bands that :class:`~multimag.bands.StripeBands` fills (one per stripe, the
+    from bands that :class:`~multimag.wsi.bands.StripeBands` fills (one per stripe, the
     current one and the one before, for a cut that goes backwards across a stripe's
     edge); the others through :func:`_cut_run`.
     """
@@ -332,7 +332,7 @@ class TileUse:
     a whole stripe later (3.4% more decodes on the benchmark slide if decoded
     again); the cutter keeps them in the reader's cache for it, which sets them
     aside rather than dropping them when it is full
-    (:meth:`~multimag.slide.Slide.keep`).
+    (:meth:`~multimag.wsi.slide.Slide.keep`).
     """
 
     new: np.ndarray

@@ -16,7 +16,7 @@ pixels (closed ring, counter-clockwise in x-right / y-up terms), with
 (uuid5 of slide and patch), so re-exports replace rather than duplicate objects.
 The collection carries a foreign member ``"multimag"`` (slide, extent, method),
 which GeoJSON readers ignore. The file also reads back with
-:func:`multimag.annotations.load_annotation` (tiles are polygons with a QuPath
+:func:`multimag.dataset.annotations.load_annotation` (tiles are polygons with a QuPath
 classification like any annotation).
 """
 
@@ -32,8 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .plots import CLASS_COLORS, FUSED, REQUIRED, PlotError, finest_extent, fused_rows
+from multimag.atomic import atomic_path
+from multimag.evaluate.plots import (
+    CLASS_COLORS,
+    FUSED,
+    REQUIRED,
+    PlotError,
+    finest_extent,
+    fused_rows,
+)
 
 __all__ = ["QUPATH_CLASSES", "export_geojson", "tile_features"]
 
@@ -98,7 +105,7 @@ def export_geojson(pred_df: pd.DataFrame, path: str | Path,
 
     ``extent_level0``: the finest magnification's patch side in level-0 px, or the
     predictions metadata mapping ``{"20x": 128.0, ...}`` (the largest magnification is
-    used), or None to take it from ``pred_df.attrs`` (:func:`multimag.plots.read_predictions`).
+    used), or None to take it from ``pred_df.attrs`` (``plots.read_predictions``).
     """
     extent = finest_extent(extent_level0, pred_df)
     meta = pred_df.attrs.get("multimag", {})
