@@ -29,7 +29,8 @@ import numpy as np
 import shapely
 
 from multimag.config import load_config
-from multimag.dataset.annotations import Annotation, load_annotation
+from multimag.dataset.annotations import load_annotation
+from multimag.dataset.regions import Annotation
 
 SLIDE_W, SLIDE_H = 80_000, 70_000
 PATCH = 224  # level-0 px: 224 px at 40x

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _step_fn(net, optimiser, augment, device):
-    from multimag.learn.predict import autocast
+    from multimag.learn.device import autocast
 
     def step(views: list[torch.Tensor], labels: torch.Tensor, generator) -> None:
         x = augment(views, generator)[0]
@@ -69,14 +69,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    from multimag.learn.data import (
-        Augment,
-        AugmentParams,
-        EpochSampler,
-        PatchDataset,
-        View,
-        make_loader,
-    )
+    from multimag.learn.augment import Augment, AugmentParams
+    from multimag.learn.data import EpochSampler, PatchDataset, View, make_loader
     from multimag.learn.models import PatchNet, build_backbone
 
     device = torch.device(args.device)

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from multimag.errors import MultimagError
-from multimag.evaluate.aggregate import PredictionsError, aggregate, read_predictions, verdicts
+from multimag.errors import MultimagError, PredictionsError
+from multimag.evaluate.aggregate import aggregate, verdicts
+from multimag.learn.predictions import read_predictions
 
 SCHEMA = pa.schema([
     ("slide_id", pa.string()), ("patient_id", pa.string()), ("fold", pa.int16()),

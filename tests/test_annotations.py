@@ -13,14 +13,10 @@ import tifffile
 from conftest import fixture_path
 
 from multimag.config import load_config
-from multimag.dataset.annotations import (
-    Annotation,
-    AnnotationError,
-    AnnotationWarning,
-    load_annotation,
-    sniff_format,
-)
-from multimag.errors import ConfigError
+from multimag.dataset.annotation_formats import sniff_format
+from multimag.dataset.annotations import load_annotation
+from multimag.dataset.regions import Annotation
+from multimag.errors import AnnotationError, AnnotationWarning, ConfigError
 
 CLASS_MAP = load_config()["labels"]["class_map"]
 SLIDE = (3000, 2200)
@@ -215,10 +211,10 @@ def test_annotation_outside_slide_warns(tmp_path):
 
 def test_class_map_conflicts_are_config_errors():
     with pytest.raises(ConfigError, match="both"):
-        from multimag.dataset.annotations import _ClassMap
-        _ClassMap.parse({"tumour": ["Tumor"], "normal": ["Tumor"]})
+        from multimag.dataset.class_map import ClassMap
+        ClassMap.parse({"tumour": ["Tumor"], "normal": ["Tumor"]})
     with pytest.raises(ConfigError, match="unknown class"):
-        _ClassMap.parse({"cancer": ["Tumor"]})
+        ClassMap.parse({"cancer": ["Tumor"]})
 
 
 def test_camelyon16_xml(tmp_path):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from conftest import fixture_path, full_tissue
 
-from multimag.wsi import tiling
-from multimag.wsi.slide import decode_buffer, open_slide
-from multimag.wsi.tiling import RunCutter, TilingConfig, plan_patches
+from multimag.wsi import cutting
+from multimag.wsi.cutting import RunCutter
+from multimag.wsi.patch_plan import TilingConfig, plan_patches
+from multimag.wsi.slide import open_slide
+from multimag.wsi.tile_decoding import decode_buffer
 
 
 def _ragged(patches):
@@ -52,7 +54,7 @@ def test_bands_give_the_pixels_of_region_reads(fiducial_slide, mode, backward, r
         assert sorted(cut) == list(range(n)) and patches.stripes.max() >= 3
         for i in range(n):
             for m, (plan, grid) in enumerate(zip(patches.plans, cutter.grids, strict=True)):
-                expected, = tiling._cut_run(slide, plan, grid, patches.centers, i, i + 1, "box")
+                expected, = cutting._cut_run(slide, plan, grid, patches.centers, i, i + 1, "box")
                 np.testing.assert_array_equal(cut[i][m], expected, err_msg=f"patch {i} mag {m}")
         assert not any(opened for _, bands in cutter._stripes.values() for opened in bands._open)
 

@@ -9,8 +9,9 @@ import pytest
 import zarr
 from conftest import FIDUCIAL_SIZE, full_tissue
 
+from multimag.wsi.patch_plan import TilingConfig
 from multimag.wsi.slide import open_slide
-from multimag.wsi.tiling import TilingConfig, tile_slide
+from multimag.wsi.tiling import tile_slide
 
 MAGS = (40.0, 20.0, 10.0, 5.0)
 

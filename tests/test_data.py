@@ -14,9 +14,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 import zarr
 
+from multimag.learn.augment import Augment, AugmentParams
 from multimag.learn.data import (
-    Augment,
-    AugmentParams,
     EpochSampler,
     IndexReferenceError,
     PatchDataset,

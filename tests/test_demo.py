@@ -24,9 +24,13 @@ from shapely.geometry import Polygon, shape
 from shapely.ops import unary_union
 from skimage.draw import polygon as draw_polygon
 
+import multimag.demo.pyramid as pyramid
 import multimag.demo.svs_writer as svs_writer
-from multimag.demo.cohort import cohort_spec, make_demo_cohort, rasterize_polygons
-from multimag.demo.svs_writer import box_downsample, write_svs
+from multimag.demo.cohort import make_demo_cohort
+from multimag.demo.layout import cohort_spec
+from multimag.demo.pyramid import box_downsample
+from multimag.demo.rasterize import rasterize_polygons
+from multimag.demo.svs_writer import write_svs
 
 SUBSET = ["P01_A", "P04_A", "P05_A", "P08_A"]
 
@@ -171,7 +175,7 @@ def test_write_svs_streaming_source_is_identical_and_bigtiff(tmp_path: Path,
     write_svs(tmp_path / "array.svs", img, mpp=0.5, app_mag=20, tile=256)
     src = _TileSource(img)
     # force the disk-backed level buffers and the BigTIFF switch on a small image
-    monkeypatch.setattr(svs_writer, "_IN_MEMORY_LIMIT", 1000)
+    monkeypatch.setattr(pyramid, "_IN_MEMORY_LIMIT", 1000)
     write_svs(tmp_path / "stream.svs", src, mpp=0.5, app_mag=20, tile=256)
     assert (tmp_path / "array.svs").read_bytes() == (tmp_path / "stream.svs").read_bytes()
     assert {c[0] for c in src.calls} == {0}

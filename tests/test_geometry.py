@@ -64,7 +64,7 @@ def test_finer_than_scan_needs_allow_upsample():
     with pytest.raises(ResolutionError, match="40x needs 0.25"):
         plan_magnifications(p, [40, 20], 224, "same_center", slide="s")
     plans = plan_magnifications(p, [40, 20], 224, "same_center", allow_upsample=True)
-    assert plans[0].factor_x == 0.5 and plans[0].provenance()["upsampled"]
+    assert plans[0].factor_x == 0.5 and plans[0].upsampled
 
 
 def test_same_field_sides_and_errors():

@@ -128,8 +128,9 @@ def test_square_with_hole_exact_at_every_magnification(tmp_path, fmt):
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
     from multimag.demo.cohort import make_demo_cohort
+    from multimag.wsi.patch_plan import TilingConfig
     from multimag.wsi.slide import open_slide
-    from multimag.wsi.tiling import TilingConfig, tile_slide
+    from multimag.wsi.tiling import tile_slide
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_cohort(root, seed=0, slide_ids=["P01_A"])

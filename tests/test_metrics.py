@@ -23,15 +23,14 @@ from sklearn.metrics import (
 from sklearn.neighbors import KNeighborsClassifier
 
 from multimag.evaluate.aggregate import aggregate
-from multimag.evaluate.metrics import (
-    embedding_metrics,
+from multimag.evaluate.evaluation import (
     evaluate,
     evaluate_method,
     markdown_table,
-    patch_metrics,
     summarise,
     write_summary,
 )
+from multimag.evaluate.metrics import embedding_metrics, patch_metrics
 
 SCHEMA = pa.schema([
     ("slide_id", pa.string()), ("patient_id", pa.string()), ("fold", pa.int16()),

@@ -9,7 +9,9 @@ import torchvision
 from torch import nn
 
 from multimag.errors import ConfigError
-from multimag.learn.methods import build_model, constellation_triples, label_subset
+from multimag.learn.methods import get_method
+from multimag.learn.methods.constellation import constellation_triples
+from multimag.learn.methods.mpcs import label_subset
 from multimag.learn.models import DSMLNet, PatchNet, build_backbone
 from multimag.learn.models.backbones import backbone_names
 from multimag.learn.models.pnn import PNN
@@ -93,12 +95,12 @@ def test_build_model_per_method(tmp_path):
 
     config = validate_config({"model": {"backbone": "pnn", "pnn_width": 4},
                               "magnifications": [20, 10, 5]})
-    assert isinstance(build_model("dsml", config), DSMLNet)
-    assert build_model("mpcs_pretrain", config).projection is not None
-    assert build_model("smse_triplet", config).projection is None
+    assert isinstance(get_method("dsml").build_model(config), DSMLNet)
+    assert get_method("mpcs_pretrain").build_model(config).projection is not None
+    assert get_method("smse_triplet").build_model(config).projection is None
     config["model"]["backbone"] = "vit_nonexistent"
     with pytest.raises(ConfigError, match="unknown backbone"):
-        build_model("ce_baseline", config)
+        get_method("ce_baseline").build_model(config)
 
 
 def test_constellation_triples_pick_same_class_positives_and_other_class_negatives():

@@ -17,10 +17,13 @@ import tifffile
 from conftest import full_tissue
 from test_bad_input import assert_clean_failure
 
-import multimag.wsi.tiling as tiling
 from multimag.demo.svs_writer import write_svs
+from multimag.wsi.cutting import iter_patch_sets
+from multimag.wsi.patch_plan import TilingConfig, plan_patches
 from multimag.wsi.slide import open_slide
-from multimag.wsi.tiling import TileUse, TilingConfig, iter_patch_sets, plan_blocks, plan_patches
+from multimag.wsi.tile_use import TileUse
+from multimag.wsi.tiling import tile_slide
+from multimag.wsi.workers import BlockCutter, ChunkClaims, plan_blocks
 
 
 def _digests(store: Path) -> dict[str, str]:
@@ -31,7 +34,7 @@ def _digests(store: Path) -> dict[str, str]:
 @pytest.mark.parametrize("reader", ["tiffslide", "openslide"])
 def test_worker_processes_write_the_same_store(fiducial_slide, tmp_path, monkeypatch, reader):
     path, _ = fiducial_slide
-    monkeypatch.setattr(tiling, "MIN_BLOCK", 16)
+    monkeypatch.setattr("multimag.wsi.workers.MIN_BLOCK", 16)
     stores = {}
     for threads in (1, 3):
         config = TilingConfig(magnifications=(40.0, 20.0, 10.0, 5.0), patch_px=64,
@@ -40,7 +43,7 @@ def test_worker_processes_write_the_same_store(fiducial_slide, tmp_path, monkeyp
             tissue = full_tissue(slide)
             n = len(plan_patches(slide, tissue, config).centers)
             stores[threads] = tmp_path / f"t{threads}.zarr"
-            tiling.tile_slide(slide, stores[threads], config, tissue=tissue)
+            tile_slide(slide, stores[threads], config, tissue=tissue)
     assert n > 3 * 16
     one, three = _digests(stores[1]), _digests(stores[3])
     assert sum(name.startswith("mag_") and "/c/" in name for name in three) == 4 * -(-n // 16)
@@ -133,7 +136,7 @@ def test_a_tile_that_fails_in_a_worker_fails_the_job_cleanly(tmp_path, reader):
 def test_chunk_claims_meet_without_gap_or_overlap():
     """Two workers take runs of chunks from the two ends of each segment until they
     meet: every chunk once, forwards ascending, backwards descending, short at the end."""
-    claims = tiling.ChunkClaims([(0, 37), (37, 40)])
+    claims = ChunkClaims([(0, 37), (37, 40)])
     taken = {False: [], True: []}
     rng = np.random.default_rng(3)
     while (claim := claims.take(0, backward := bool(rng.integers(2)))) is not None:
@@ -170,7 +173,7 @@ def test_a_slow_worker_is_relieved_by_its_partner(fiducial_slide, tmp_path):
     with open_slide(path) as slide:
         patches = plan_patches(slide, full_tissue(slide), config)
         n = len(patches.centers)
-        with tiling.BlockCutter(slide, patches, workers=2, chunk=64, min_block=64) as cutter:
+        with BlockCutter(slide, patches, workers=2, chunk=64, min_block=64) as cutter:
             assert len(cutter.blocks) == 2
             middle = cutter.blocks[1][0]
             assert cutter.run(_SlowFront(tmp_path, middle)) == n

@@ -17,27 +17,26 @@ import shapely
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from multimag.dataset.annotations import Annotation, RasterMask, load_annotation
-from multimag.evaluate.plots import (
-    PlotError,
+from multimag.dataset.annotations import load_annotation
+from multimag.dataset.regions import Annotation, RasterMask
+from multimag.errors import PlotError, PredictionsError
+from multimag.evaluate.heatmaps import heatmap_array, plot_heatmap
+from multimag.evaluate.patch_plots import (
     confusion_counts,
-    finest_extent,
-    heatmap_array,
     plot_confusion,
-    plot_heatmap,
     plot_roc,
     plot_tsne,
     predictions_by_fold,
-    read_predictions,
     roc_summary,
     tsne_points,
 )
+from multimag.learn.predictions import finest_extent, read_slide_predictions
 from multimag.wsi.tissue import TissueMask, TissueParams
 
 MAGS = (20.0, 10.0, 5.0, 2.5)
 EXTENTS = {"20x": 128.0, "10x": 256.0, "5x": 512.0, "2.5x": 1024.0}
 
-# -- predictions in the schema of notes/predictions_schema.md ---------------------------
+# -- predictions in the schema of docs/evaluate.md -----------------------------------------
 
 SCHEMA = pa.schema([
     ("slide_id", pa.string()), ("patient_id", pa.string()), ("fold", pa.int16()),
@@ -126,7 +125,7 @@ def test_finest_extent_takes_the_largest_magnification_or_the_metadata(tmp_path)
     assert finest_extent(300) == 300.0
     df = make_predictions(grid_centers(3, 2), [1, 0, -1, 1, 0, 1])
     path = write_predictions(df, tmp_path / "S1.parquet")
-    back = read_predictions(path)
+    back = read_slide_predictions(path)
     assert back.attrs["multimag"]["extent_level0"] == EXTENTS
     assert finest_extent(None, back) == 128.0
     for bad in (None, {}, {"fused": 3.0}, -5.0, float("nan")):
@@ -136,15 +135,15 @@ def test_finest_extent_takes_the_largest_magnification_or_the_metadata(tmp_path)
 
 def test_read_predictions_keeps_the_schema(tmp_path):
     df = make_predictions(grid_centers(4, 3), np.tile([1, 0, -1], 4))
-    back = read_predictions(write_predictions(df, tmp_path / "S1.parquet"))
+    back = read_slide_predictions(write_predictions(df, tmp_path / "S1.parquet"))
     assert len(back) == len(df) == 12 * 5
     assert (back["view"] == "fused").sum() == 12
     assert back.loc[back["view"] == "fused", "embedding"].isna().all()
     assert len(back["embedding"].iloc[0]) == 12
     folds = predictions_by_fold(pd.concat([back, back.assign(fold=np.int16(3))]))
     assert sorted(folds) == [0, 3] and len(folds[3]) == len(back)
-    with pytest.raises(PlotError, match="cannot read"):
-        read_predictions(tmp_path / "missing.parquet")
+    with pytest.raises(PredictionsError, match="cannot read"):
+        read_slide_predictions(tmp_path / "missing.parquet")
 
 
 # -- heatmap raster ------------------------------------------------------------------------
@@ -338,7 +337,7 @@ def demo_slide(tmp_path_factory, demo_dataset):
     path = write_predictions(df, tmp_path_factory.mktemp("pred") / "P01_A.parquet",
                              extent_level0=extents, slide_id="P01_A")
     annotation = demo_dataset / "demo" / "annotations" / "P01_A.geojson"
-    return read_predictions(path), tissue_path, annotation
+    return read_slide_predictions(path), tissue_path, annotation
 
 
 def test_demo_heatmap_values_sit_under_the_patch_centres(demo_slide, tmp_path):

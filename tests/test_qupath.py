@@ -11,8 +11,9 @@ import shapely
 from test_plots import grid_centers, make_predictions, write_predictions
 
 from multimag.dataset.annotations import load_annotation
-from multimag.evaluate.plots import PlotError, read_predictions
+from multimag.errors import PlotError
 from multimag.evaluate.qupath import export_geojson
+from multimag.learn.predictions import read_slide_predictions
 
 
 @pytest.fixture()
@@ -20,7 +21,7 @@ def predictions(tmp_path):
     centers = grid_centers(6, 4)  # stride 128 = the 20x extent: tiles touch, never overlap
     labels = np.array([1, 0, -1, 0] * 6, np.int8)
     df = make_predictions(centers, labels, slide_id="S1", seed=2)
-    return read_predictions(write_predictions(df, tmp_path / "S1.parquet", slide_id="S1"))
+    return read_slide_predictions(write_predictions(df, tmp_path / "S1.parquet", slide_id="S1"))
 
 
 def test_one_square_tile_per_patch_with_prediction_and_probability(predictions, tmp_path):

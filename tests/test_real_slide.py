@@ -10,8 +10,9 @@ import pytest
 import zarr
 from PIL import Image
 
+from multimag.wsi.patch_plan import TilingConfig
 from multimag.wsi.slide import open_slide
-from multimag.wsi.tiling import TilingConfig, tile_slide
+from multimag.wsi.tiling import tile_slide
 
 MAGS = (20.0, 10.0, 5.0)
 FILTERS = {"box": Image.Resampling.BOX, "lanczos": Image.Resampling.LANCZOS}

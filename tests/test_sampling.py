@@ -15,9 +15,9 @@ import pytest
 from scipy.stats import chisquare
 
 from multimag.config import validate_config
-from multimag.dataset.indices import TABLES, IndexBuildError, LabelTableError, build_indices
+from multimag.dataset.indices import TABLES, build_indices
 from multimag.dataset.splits import LeakError, fold_roles, make_splits
-from multimag.errors import ConfigError
+from multimag.errors import ConfigError, IndexBuildError, LabelTableError
 from multimag.wsi.geometry import mag_label
 
 MAGS = [20, 10, 5, 2.5]

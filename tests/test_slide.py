@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimag.wsi.slide import open_slide, reduce_pixels
+from multimag.wsi.slide import open_slide
+from multimag.wsi.tile_decoding import reduce_pixels
 
 
 def test_reduce_pixels_is_the_block_mean():

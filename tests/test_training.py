@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from multimag.config import load_config
-from multimag.learn.predict import ModelError, load_model, predict_store
+from multimag.learn.model_folder import load_model
+from multimag.learn.predict import ModelError, predict_store
 from multimag.learn.train import TrainingError, train
 
 QUICK = {"train": {"epochs": 2, "samples_per_epoch": 256, "val_max_patches": 120,
@@ -86,7 +87,7 @@ def test_every_method_trains_and_predicts_its_test_slide(fold0, tmp_path, method
 def test_mpcs_finetune_starts_from_the_pretrained_encoder(fold0, tmp_path):
     """With a learning rate of zero, fine-tuning leaves the encoder exactly as
     pre-training left it (and pre-training did move it from the seeded init)."""
-    from multimag.learn.methods import build_model
+    from multimag.learn.methods import get_method
 
     config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     train(fold0["index"], tmp_path / "pre", "mpcs_pretrain", 0, config,
@@ -100,7 +101,7 @@ def test_mpcs_finetune_starts_from_the_pretrained_encoder(fold0, tmp_path):
     pre = dict(load_model(tmp_path / "pre")[0].named_parameters())
     tuned = dict(load_model(tmp_path / "ft")[0].named_parameters())
     torch.manual_seed(config["train"]["seed"])
-    fresh = dict(build_model("mpcs_pretrain", config).named_parameters())
+    fresh = dict(get_method("mpcs_pretrain").build_model(config).named_parameters())
     backbone = [k for k in pre if k.startswith("backbone")]
     assert backbone
     assert any(not torch.equal(pre[k], fresh[k]) for k in backbone)

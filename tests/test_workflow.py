@@ -124,6 +124,28 @@ def test_a_changed_setting_reruns_only_the_steps_that_use_it(tmp_path, demo_data
     assert jobs["tissue"] == jobs["tile"] == jobs["label"] == slides and jobs["index"] == 3
 
 
+def test_a_rerun_gives_each_slide_the_models_of_its_fold(tmp_path, demo_dataset):
+    """The fold of a slide is read from splits.tsv (rule split is a checkpoint). With
+    the demo cohort (itself a checkpoint) and the folds already written, a new run
+    must still give every predict job the models of the slide's test fold, never
+    the checkpoint's placeholder."""
+    work = tmp_path / "w"
+    shutil.copytree(demo_dataset, work, symlinks=True)
+    res = snakemake(work, "-n", "all")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    folds = pd.read_csv(work / "results" / "splits.tsv", sep="\t", dtype=str)
+    folds = dict(zip(folds["slide_id"], folds["fold"], strict=True))
+    blocks = [b for b in re.split(r"\n(?=\[.*\d{4}\]\n)", out) if "rule predict:" in b]
+    assert len(blocks) == len(folds)
+    for block in blocks:
+        inputs = re.search(r"^\s+input: (.*)$", block, re.M).group(1)
+        assert "<TBD>" not in inputs, inputs
+        slide = re.search(r"stores/([^/]+)\.zarr", inputs).group(1)
+        models = re.findall(r"models/\w+/fold(\d+)/model\.json", inputs)
+        assert models and set(models) == {folds[slide]}, (slide, inputs)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """`snakemake all` on the embedded default config: demo cohort -> stores, QC,

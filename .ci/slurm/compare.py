@@ -8,7 +8,8 @@ slide's absolute path taken relative to each workdir); tissue masks by
 their arrays; everything else (labels, folds, indices, QC pictures, the
 resolved config, the demo cohort) byte for byte, except that JSON, CSV and
 torch .pt files (models) may differ in wall-clock timings only (TIMING_KEYS)
-and .pt files are compared by their tensors. Logs are not compared. Exits 1
+and .pt files are compared by their tensors. Logs and the jobs' benchmark
+tables (`results/benchmarks/`, wall-clock timings) are not compared. Exits 1
 and lists every difference if there is one.
 """
 
@@ -26,7 +27,8 @@ import zarr
 
 import multimag  # noqa: F401  (registers the store's JPEG codec)
 
-SKIP_DIRS = {"logs"}
+# logs, and the benchmark: directive's per-job timings (never equal between two runs)
+SKIP_DIRS = {"logs", "benchmarks"}
 # Wall-clock measurements that training records beside its results: never equal
 # between two runs, so left out of the comparison of JSON, CSV and .pt files.
 TIMING_KEYS = {"seconds", "elapsed", "elapsed_s", "wall_s", "time_s", "timestamp"}

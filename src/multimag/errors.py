@@ -7,6 +7,7 @@ the failed job's log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +32,13 @@ class MultimagError(Exception):
 
     def __reduce__(self):  # rebuilt from its parts (a tiling worker's error reaches the CLI)
         return partial(type(self), slide=self.slide, path=self.path, fix=self.fix), (self.what,)
+
+
+def short_list(ids: Iterable[str], limit: int = 10) -> str:
+    """``a, b, c and 7 more``: ids for a one-line message."""
+    ids = list(ids)
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
 
 
 class SlideNotFoundError(MultimagError):

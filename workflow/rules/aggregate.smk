@@ -15,6 +15,11 @@ rule aggregate:
         f"{OUT}/logs/aggregate/{{method}}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+        cpus_per_task=1,
     shell:
         "multimag aggregate {params.predictions:q} {input.splits:q} {params.out_dir:q} "
         "--config {params.config:q} > {log} 2>&1"

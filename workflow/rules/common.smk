@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from multimag.config import step_settings
 from multimag.dataset.samples import load_samples
-from multimag.dataset.splits import make_splits
+from multimag.dataset.splits import read_splits
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
@@ -80,11 +80,10 @@ wildcard_constraints:
 
 
 def test_fold(slide):
-    """The fold whose test set holds the slide: the same deterministic function of
-    the samples, folds and seed that rule split writes to splits.tsv (aggregate
-    checks every prediction's fold against that file)."""
+    """The fold whose test set holds the slide, read from splits.tsv once the split
+    checkpoint has written it: the folds are computed in one place only."""
     if "folds" not in _SAMPLES:
-        splits = make_splits(samples(), config["split"]["folds"], config["split"]["seed"])
+        splits = read_splits(checkpoints.split.get().output[0])
         _SAMPLES["folds"] = splits.set_index("slide_id")["fold"]
     return int(_SAMPLES["folds"].loc[slide])
 

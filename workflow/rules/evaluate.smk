@@ -17,6 +17,11 @@ rule evaluate:
         f"{OUT}/logs/evaluate.log",
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+        cpus_per_task=1,
     shell:
         "multimag evaluate {input.splits:q} {params.out_dir:q} {params.predictions:q} "
         "--config {params.config:q} > {log} 2>&1"

@@ -27,9 +27,11 @@ rule figures:
         f"{OUT}/logs/figures/{{method}}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+        cpus_per_task=1,
     shell:
         "multimag figures {params.predictions:q} {input.splits:q} {params.tissue_dir:q} "
         "{params.out_dir:q} --samples {input.samples:q} --config {params.config:q} "

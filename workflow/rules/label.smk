@@ -20,6 +20,8 @@ rule label:
         ),
     log:
         f"{OUT}/logs/label/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/label/{{slide}}.tsv",
     conda:
         "../../envs/slides.yaml"
     threads: 1

@@ -10,6 +10,8 @@ rule predict:
         triples=predict_triples,
     log:
         f"{OUT}/logs/predict/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{slide}}.tsv",
     conda:
         "../../envs/torch.yaml"
     threads: config["train"]["threads"]

@@ -1,4 +1,4 @@
-rule split:
+checkpoint split:
     input:
         samples=config["samples"],
     output:

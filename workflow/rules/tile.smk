@@ -15,6 +15,8 @@ rule tile:
         patient=patient_of,
     log:
         f"{OUT}/logs/tile/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/tile/{{slide}}.tsv",
     conda:
         "../../envs/slides.yaml"
     threads: config["threads"]

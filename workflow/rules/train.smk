@@ -13,6 +13,8 @@ rule train:
         stores=f"{OUT}/stores",
     log:
         f"{OUT}/logs/train/{{method}}/fold{{fold}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train/{{method}}/fold{{fold}}.tsv",
     conda:
         "../../envs/torch.yaml"
     threads: config["train"]["threads"]

@@ -1,9 +1,7 @@
-"""samples.tsv: one row per slide.
+"""samples.tsv: the cohort, one row per slide (schema in docs/dataset.md).
 
-Columns: ``slide_id``, ``patient_id``, ``path`` (required); ``annotation``,
-``mpp`` (level-0 um/px override), ``slide_label`` (``tumour``/``normal``)
-optional and empty where unknown. Relative paths resolve against the
-directory of samples.tsv, so a cohort folder can be moved as a whole.
+Relative paths resolve against the directory of samples.tsv, so a cohort
+folder can be moved as a whole.
 """
 
 from __future__ import annotations

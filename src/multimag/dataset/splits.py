@@ -1,32 +1,9 @@
-"""Patient-level cross-validation folds (rule ``split``).
+"""Patient-level cross-validation folds (rule ``split``) and the roles of a fold.
 
-``make_splits`` assigns every PATIENT to exactly one of ``k`` folds (all slides of
-a patient share its fold), so no patient is ever on both sides of a split.
-
-Stratification: a patient is ``tumour`` when any of its slides has
-``slide_label == "tumour"``, ``normal`` when all its slides are ``normal``, and
-``unknown`` otherwise. When at least two of these strata occur the folds come
-from scikit-learn's ``StratifiedGroupKFold`` (one row per patient, so the
-patient labels, not the slide counts, are balanced; ``unknown`` is a stratum of
-its own, so partially labelled cohorts stay balanced for the labelled part);
-when no patient is labelled (or all share one label) they come from
-``GroupKFold``. Both are shuffled with ``random_state=seed``, and the result
-depends only on the set of patients, their labels, ``folds`` and ``seed``, not
-on the row order of samples.tsv.
-
-Roles of the folds (``fold_roles``): for test fold ``F`` of ``k``
-
-* test       = the slides of fold ``F``;
-* validation = the slides of fold ``(F + 1) % k``;
-* training   = the slides of every other fold.
-
-The validation set is thus a subset drawn from the training patients of the
-plain k-fold split, itself patient-disjoint from training and test and
-stratified like every fold; each fold is the validation set exactly once. This
-needs ``k >= 3`` (with 2 folds nothing would be left to train on).
-
-The splits file is a TSV with the columns ``slide_id``, ``patient_id``, ``fold``
-(integer, 0-based), one row per slide, sorted by ``slide_id``.
+Every patient lies in exactly one of ``k`` folds, stratified by patient label,
+so no patient is ever on both sides of a split; for test fold ``F`` the next
+fold is the validation set and the rest train. The stratification, fold roles
+and splits.tsv schema are in docs/dataset.md.
 """
 
 from __future__ import annotations
@@ -70,7 +47,7 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
     ``source`` names the file it came from in error messages.
     """
     source = str(source) if source is not None else "samples.tsv"
-    samples = _as_columns(samples)
+    samples = _with_slide_id_column(samples)
     missing = [c for c in ("slide_id", "patient_id") if c not in samples.columns]
     if missing:
         raise SplitError(f"missing column(s) {', '.join(missing)} in the samples table",
@@ -90,19 +67,19 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
                          "training patients remain once one fold is test and the next "
                          "one validation", path=source,
                          fix=f"set split.folds to {MIN_FOLDS} or more")
-    plabels = patient_labels(samples)
-    n_patients = len(plabels)
+    patient_label = patient_labels(samples)
+    n_patients = len(patient_label)
     if n_patients < folds:
         raise SplitError(f"{n_patients} patient(s) for {folds} folds: every fold needs at "
                          "least one patient", path=source,
                          fix=f"set split.folds to at most {n_patients} (and at least "
                          f"{MIN_FOLDS}), or add patients")
-    fold_of = _assign(plabels, folds, int(seed))
+    fold_of = _assign_patient_folds(patient_label, folds, int(seed))
     counts = np.bincount(fold_of, minlength=folds)
     if (counts == 0).any():  # not expected from scikit-learn; never write such a split
         raise SplitError(f"fold(s) {np.flatnonzero(counts == 0).tolist()} got no patient",
                          path=source, fix="use fewer folds or another split.seed")
-    patient_fold = pd.Series(fold_of, index=plabels.index)
+    patient_fold = pd.Series(fold_of, index=patient_label.index)
     out = pd.DataFrame({"slide_id": ids.to_numpy(),
                         "patient_id": samples["patient_id"].astype(str).to_numpy()})
     out["fold"] = patient_fold.loc[out["patient_id"]].to_numpy().astype(np.int64)
@@ -111,26 +88,29 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
     return out
 
 
-def _assign(plabels: pd.Series, folds: int, seed: int) -> np.ndarray:
-    """Fold of each patient (in the order of ``plabels``) via scikit-learn."""
+def _assign_patient_folds(patient_label: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Fold of each patient (in the order of ``patient_label``) via scikit-learn."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    n = len(plabels)
+    n = len(patient_label)
     groups = np.arange(n)  # one row per patient: its own group
     x = np.zeros((n, 1))
-    y = plabels.to_numpy().astype(str)
+    y = patient_label.to_numpy().astype(str)
     _, per_stratum = np.unique(y, return_counts=True)
     # stratify where possible: two strata or more, one of them at least `folds` strong
     # (scikit-learn refuses when every stratum is smaller than the number of folds)
     if len(per_stratum) >= 2 and per_stratum.max() >= folds:
-        fold_of = _run(StratifiedGroupKFold(n_splits=folds, shuffle=True,
-                                            random_state=seed), x, y, groups)
+        stratified = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        fold_of = _fold_of_each_group(stratified, x, y, groups)
         if (np.bincount(fold_of, minlength=folds) > 0).all():
             return fold_of
-    return _run(GroupKFold(n_splits=folds, shuffle=True, random_state=seed), x, y, groups)
+    return _fold_of_each_group(GroupKFold(n_splits=folds, shuffle=True, random_state=seed),
+                               x, y, groups)
 
 
-def _run(splitter, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def _fold_of_each_group(splitter, x: np.ndarray, y: np.ndarray, groups: np.ndarray
+                        ) -> np.ndarray:
+    """The index of the test fold in which each row lies."""
     fold_of = np.full(len(groups), -1, dtype=np.int64)
     with warnings.catch_warnings():
         # "The least populated class in y has only k members": expected, not an error
@@ -187,8 +167,8 @@ def fold_roles(splits: pd.DataFrame, fold: int) -> dict[str, set[str]]:
 def write_splits(df: pd.DataFrame, path: str | Path) -> Path:
     """Write the splits TSV atomically (temporary sibling, then rename)."""
     path = Path(path)
-    df = _as_columns(df)
-    _validate(df, path)
+    df = _with_slide_id_column(df)
+    _check_splits_table(df, path)
     table = df.loc[:, list(COLUMNS)].copy()
     table["fold"] = table["fold"].astype(np.int64)
     table = table.sort_values("slide_id", kind="stable")
@@ -220,11 +200,11 @@ def read_splits(path: str | Path) -> pd.DataFrame:
                          fix="re-run the split rule")
     df = df.loc[:, list(COLUMNS)].copy()
     df["fold"] = folds.astype(np.int64)
-    _validate(df, path)
+    _check_splits_table(df, path)
     return df.reset_index(drop=True)
 
 
-def _validate(df: pd.DataFrame, path: str | Path) -> None:
+def _check_splits_table(df: pd.DataFrame, path: str | Path) -> None:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise SplitError(f"missing column(s) {', '.join(missing)}", path=path,
@@ -246,8 +226,15 @@ def _validate(df: pd.DataFrame, path: str | Path) -> None:
     check_no_leak(df, source=path)
 
 
-def _as_columns(df: pd.DataFrame) -> pd.DataFrame:
+def _with_slide_id_column(df: pd.DataFrame) -> pd.DataFrame:
     """``slide_id`` as a column even when it is only the index (load_samples keeps both)."""
     if "slide_id" not in df.columns and df.index.name == "slide_id":
         return df.reset_index()
     return df.reset_index(drop=True)
+
+
+def splits_frame(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A splits table, read from its file when given a path."""
+    if isinstance(splits, (str, Path)):
+        return read_splits(splits)
+    return splits.reset_index(drop=True)

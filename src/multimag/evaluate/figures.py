@@ -3,7 +3,7 @@ mean, the confusion matrix and the t-SNE of the test embeddings over all slides,
 and per slide the tumour-probability heatmap beside the annotation and the
 QuPath GeoJSON of its patch predictions.
 
-The predictions are read through :func:`multimag.evaluate.aggregate.read_predictions`, so
+The predictions are read through :func:`multimag.learn.predictions.read_predictions`, so
 the checks of the aggregation step hold here too (every slide of the splits
 predicted, by its own fold's model, with one configuration).
 """
@@ -19,10 +19,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from multimag.atomic import atomic_dir
-from multimag.dataset.annotations import AnnotationWarning
-from multimag.evaluate import plots
-from multimag.evaluate.aggregate import read_predictions as read_method_predictions
+from multimag.errors import AnnotationWarning
+from multimag.evaluate.heatmaps import plot_heatmap
+from multimag.evaluate.patch_plots import (
+    plot_confusion,
+    plot_roc,
+    plot_tsne,
+    predictions_by_fold,
+)
 from multimag.evaluate.qupath import export_geojson
+from multimag.learn.predictions import read_predictions as read_method_predictions
+from multimag.learn.predictions import read_slide_predictions
 
 __all__ = ["method_figures"]
 
@@ -44,12 +51,12 @@ def method_figures(pred_dir: str | Path, splits: str | Path, out_dir: str | Path
     table = read_method_predictions(pred_dir, splits)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
-        "roc": plots.plot_roc(plots.predictions_by_fold(table), out_dir / "roc.png",
-                              title=f"{method}: ROC per fold (fused, labelled patches)"),
-        "confusion": plots.plot_confusion(table, out_dir / "confusion.png",
-                                          title=f"{method}: confusion (fused, labelled)"),
-        "tsne": plots.plot_tsne(table, out_dir / "tsne.png", max_points=tsne_max_points,
-                                seed=seed, title=f"{method}: t-SNE of test embeddings"),
+        "roc": plot_roc(predictions_by_fold(table), out_dir / "roc.png",
+                        title=f"{method}: ROC per fold (fused, labelled patches)"),
+        "confusion": plot_confusion(table, out_dir / "confusion.png",
+                                    title=f"{method}: confusion (fused, labelled)"),
+        "tsne": plot_tsne(table, out_dir / "tsne.png", max_points=tsne_max_points,
+                          seed=seed, title=f"{method}: t-SNE of test embeddings"),
     }
     slides = pd.unique(table["slide_id"].astype(str))
     annotations = annotations or {}
@@ -58,12 +65,11 @@ def method_figures(pred_dir: str | Path, splits: str | Path, out_dir: str | Path
         # the label step already warned about annotations without a tumour region
         warnings.simplefilter("ignore", AnnotationWarning)
         for slide_id in tqdm(slides, desc=f"{method} heatmaps", disable=not progress):
-            frame = plots.read_predictions(pred_dir / f"{slide_id}.parquet")
-            plots.plot_heatmap(frame, tissue_dir / f"{slide_id}.npz",
-                               heat_dir / f"{slide_id}.png",
-                               annotation=annotations.get(slide_id), class_map=class_map,
-                               title=f"{method}: slide {slide_id} "
-                               f"(fold {int(frame['fold'].iloc[0])})" if len(frame) else None)
+            frame = read_slide_predictions(pred_dir / f"{slide_id}.parquet")
+            plot_heatmap(frame, tissue_dir / f"{slide_id}.npz", heat_dir / f"{slide_id}.png",
+                         annotation=annotations.get(slide_id), class_map=class_map,
+                         title=f"{method}: slide {slide_id} "
+                         f"(fold {int(frame['fold'].iloc[0])})" if len(frame) else None)
             export_geojson(frame, qupath_dir / f"{slide_id}.geojson", None, slide_id)
     written["heatmaps"] = out_dir / "heatmaps"
     written["qupath"] = out_dir / "qupath"

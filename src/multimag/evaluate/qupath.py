@@ -1,23 +1,9 @@
 """Patch predictions as QuPath tiles (GeoJSON).
 
 :func:`export_geojson` writes one slide's fused patch predictions as a GeoJSON
-FeatureCollection that QuPath imports (File > Import objects, or drag and drop):
-one ``Polygon`` per patch, the finest magnification's square field in level-0
-pixels (closed ring, counter-clockwise in x-right / y-up terms), with
-
-```
-"properties": {"objectType": "tile",
-               "classification": {"name": "Tumor" | "Normal", "color": [r, g, b]},
-               "measurements": {"prob_tumour": p, "label": l, "patch": k}}
-```
-
-``classification`` is the prediction (``pred``), ``label`` the ground truth
-(1 tumour, 0 normal, -1 ambiguous). Each feature has a deterministic UUID ``id``
-(uuid5 of slide and patch), so re-exports replace rather than duplicate objects.
-The collection carries a foreign member ``"multimag"`` (slide, extent, method),
-which GeoJSON readers ignore. The file also reads back with
-:func:`multimag.dataset.annotations.load_annotation` (tiles are polygons with a QuPath
-classification like any annotation).
+FeatureCollection that QuPath imports (File > Import objects): one square tile per
+patch, classified by its prediction, with ``prob_tumour`` as a measurement.
+``docs/evaluate.md`` has the format.
 """
 
 from __future__ import annotations
@@ -33,14 +19,9 @@ import numpy as np
 import pandas as pd
 
 from multimag.atomic import atomic_path
-from multimag.evaluate.plots import (
-    CLASS_COLORS,
-    FUSED,
-    REQUIRED,
-    PlotError,
-    finest_extent,
-    fused_rows,
-)
+from multimag.errors import PlotError
+from multimag.evaluate.classes import CLASS_COLORS
+from multimag.learn.predictions import FUSED, PATCH_COLUMNS, finest_extent, fused_rows
 
 __all__ = ["QUPATH_CLASSES", "export_geojson", "tile_features"]
 
@@ -54,10 +35,10 @@ _NAMESPACE = uuid.UUID("6f1c7d2e-4b1a-5c55-9a57-6d756c74696d")  # fixed: ids are
 
 def tile_features(pred_df: pd.DataFrame, extent: float, slide_id: str) -> list[dict[str, Any]]:
     """GeoJSON Features (QuPath tiles) of the fused rows of one slide's predictions."""
-    missing = [c for c in (*REQUIRED, "pred") if c not in pred_df.columns]
+    missing = [c for c in (*PATCH_COLUMNS, "pred") if c not in pred_df.columns]
     if missing:
         raise PlotError(f"the prediction table lacks columns {missing}", slide=slide_id,
-                        fix="pass a table in the predictions schema (read_predictions)")
+                        fix="pass a table in the predictions schema (read_slide_predictions)")
     if "slide_id" in pred_df.columns:
         others = sorted(set(map(str, pred_df["slide_id"].unique())) - {slide_id})
         if others:
@@ -101,11 +82,11 @@ def tile_features(pred_df: pd.DataFrame, extent: float, slide_id: str) -> list[d
 def export_geojson(pred_df: pd.DataFrame, path: str | Path,
                    extent_level0: float | Mapping[str, float] | None, slide_id: str) -> Path:
     """Write one slide's fused predictions as a QuPath-importable GeoJSON
-    FeatureCollection of square tiles (see the module docstring), atomically.
+    FeatureCollection of square tiles (``docs/evaluate.md``), atomically.
 
     ``extent_level0``: the finest magnification's patch side in level-0 px, or the
     predictions metadata mapping ``{"20x": 128.0, ...}`` (the largest magnification is
-    used), or None to take it from ``pred_df.attrs`` (``plots.read_predictions``).
+    used), or None to take it from ``pred_df.attrs`` (``read_slide_predictions``).
     """
     extent = finest_extent(extent_level0, pred_df)
     meta = pred_df.attrs.get("multimag", {})

@@ -1,20 +1,9 @@
-"""torch datasets over the per-slide patch stores, the batch sampler and the
-augmentation.
+"""torch datasets over the per-slide patch stores, and their batch samplers.
 
-A dataset is a table of references into the stores (the parquet indices of
-``multimag.dataset.indices``) plus the *views* one sample is made of: a single patch,
-the two sides of an SMSE pair, a triplet, an MPCS magnification pair or a DSML
-tuple of magnifications of one field of view. Each view names the columns that
-hold its slide, patch and magnification (or a fixed magnification).
-
-Reading is batched: the loader hands a whole batch of indices to
-``__getitems__``, which reads them store by store and array by array through
-``multimag.wsi.store.PatchReader`` (one ``pread`` and one JPEG decode per patch, no
-per-chunk zarr machinery). Stores are opened lazily, in the process that reads
-them, so DataLoader workers each open their own.
-
-Samples come out as uint8 tensors ``(B, 3, H, W)``; augmentation and
-normalisation run on the training device, batched, in :class:`Augment`.
+A dataset is a table of references into the stores (an index of
+``multimag.dataset.indices``) plus the *views* one sample is made of; the
+loader hands whole batches to ``__getitems__``, which reads them store by store.
+Samples come out as uint8 ``(B, 3, H, W)``; ``augment`` works on them on the device.
 """
 
 from __future__ import annotations
@@ -32,9 +21,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from multimag.errors import IndexReferenceError
 from multimag.wsi.geometry import mag_label
 from multimag.wsi.store import PatchReader
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -216,6 +202,21 @@ class EpochSampler(Sampler[list[int]]):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
+class GroupSampler(EpochSampler):
+    """Fixed batches (e.g. class-balanced constellation batches) in a seeded
+    order per epoch."""
+
+    def __init__(self, groups: list[np.ndarray], seed: int = 0, rank: int = 0,
+                 world: int = 1, max_samples: int | None = None) -> None:
+        super().__init__(len(groups), 1, seed=seed, rank=rank, world=world,
+                         max_samples=max_samples)
+        self.groups = groups
+
+    def __iter__(self):
+        for (g,) in super().__iter__():
+            yield self.groups[g].tolist()
+
+
 def make_loader(dataset: PatchDataset, sampler: EpochSampler, workers: int = 0
                 ) -> DataLoader:
     """A DataLoader that reads whole batches at once (``__getitems__``)."""
@@ -253,119 +254,3 @@ def field_views(magnifications: Sequence[float]) -> list[View]:
     """One view per magnification, each cropped to the field of the finest one."""
     finest = max(float(m) for m in magnifications)
     return [View(magnification=float(m), field=finest) for m in magnifications]
-
-
-# -- augmentation, on the device ----------------------------------------------------
-
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    v = maxc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    safe = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack((h, s, v), 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack((torch.stack((v, q, p, p, t, v), 1),
-                         torch.stack((t, v, v, q, p, p), 1),
-                         torch.stack((p, p, t, v, v, q), 1)), 1)  # (B, 3, 6, H, W)
-    return table.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    flip: bool = True
-    rot90: bool = True
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.05
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> AugmentParams:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-
-
-class Augment:
-    """SMSE's augmentation, batched with per-sample random parameters: horizontal
-    and vertical flips (p = 0.5 each), a random multiple of 90 degrees, colour
-    jitter (brightness, contrast, saturation, hue; torchvision's formulas in a
-    fixed order), then normalisation. ``shared=True`` gives every view of a
-    sample the same flips and rotation (DSML: the magnifications of one field
-    must stay aligned for the SIM term); colour is always drawn per image.
-    """
-
-    def __init__(self, params: AugmentParams) -> None:
-        self.p = params
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> normalised float, no augmentation (evaluation)."""
-        return self._standardise(x.float() / 255.0)
-
-    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.p.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.p.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-    def __call__(self, views: Sequence[torch.Tensor], generator: torch.Generator,
-                 shared: bool = False) -> list[torch.Tensor]:
-        n = views[0].shape[0]
-        dev = views[0].device
-
-        def geometry() -> tuple[torch.Tensor, ...]:
-            return (torch.rand(n, generator=generator, device=dev) < 0.5,
-                    torch.rand(n, generator=generator, device=dev) < 0.5,
-                    torch.randint(0, 4, (n,), generator=generator, device=dev))
-
-        shared_geo = geometry() if shared else None
-        out = []
-        for view in views:
-            x = view.float() / 255.0
-            hflip, vflip, rot = shared_geo or geometry()
-            if self.p.flip:
-                x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
-                x = torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
-            if self.p.rot90 and x.shape[-1] == x.shape[-2]:
-                for k in (1, 2, 3):
-                    x = torch.where((rot == k).view(-1, 1, 1, 1), torch.rot90(x, k, (-2, -1)), x)
-            out.append(self._standardise(self._jitter(x, generator)))
-        return out
-
-    def _factor(self, n: int, amount: float, generator: torch.Generator, dev) -> torch.Tensor:
-        u = torch.rand(n, generator=generator, device=dev)
-        return (1 - amount + 2 * amount * u).view(-1, 1, 1, 1)
-
-    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, dev = x.shape[0], x.device
-        if self.p.brightness:
-            x = (x * self._factor(n, self.p.brightness, generator, dev)).clamp(0, 1)
-        if self.p.contrast:
-            mean = _grey(x).mean((1, 2, 3), keepdim=True)
-            c = self._factor(n, self.p.contrast, generator, dev)
-            x = (c * x + (1 - c) * mean).clamp(0, 1)
-        if self.p.saturation:
-            s = self._factor(n, self.p.saturation, generator, dev)
-            x = (s * x + (1 - s) * _grey(x)).clamp(0, 1)
-        if self.p.hue:
-            shift = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * self.p.hue
-            hsv = _rgb_to_hsv(x)
-            hsv = torch.cat(((hsv[:, :1] + shift.view(-1, 1, 1, 1)) % 1.0, hsv[:, 1:]), 1)
-            x = _hsv_to_rgb(hsv)
-        return x

@@ -1,14 +1,7 @@
-"""Training losses of the four methods (see DESIGN.md, "methods").
+"""The training losses of the four methods; ``docs/learn.md`` gives each formula.
 
-Every function takes torch tensors whose first dimension is the batch and
-returns the batch mean as a scalar tensor that gradients flow through.
-
-* SMSE (Sun et al. 2021): :func:`pair_loss`, :func:`triplet_loss`,
-  :func:`reinforced_focal_loss` (and the standard :func:`focal_loss`).
-* Constellation loss (Medela & Picon 2020): :func:`constellation_loss`, with
-  Sohn's :func:`npair_loss` for comparison.
-* MPCS (Chhipa et al.): :func:`nt_xent_loss`.
-* DSML (Diao et al. 2023): :func:`sim_loss`.
+Every loss takes tensors whose first dimension is the batch and returns the
+batch mean as a scalar tensor that gradients flow through.
 """
 
 from __future__ import annotations
@@ -60,16 +53,8 @@ def _log_p_true(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def pair_loss(e1: Tensor, e2: Tensor, same: Tensor, margin: float = 1.0) -> Tensor:
-    """Contrastive pair loss of SMSE.
-
-    ``mean_i [ s_i * d_i^2 + (1 - s_i) * max(0, margin - d_i^2) ]`` with
-    ``d_i = ||e1_i - e2_i||_2``; ``s_i`` is 1 for a same-class pair and 0 otherwise.
-
-    Args:
-        e1, e2: embeddings, shape (B, D).
-        same: 0/1 per pair, shape (B,), any dtype (cast to float).
-        margin: ``m``.
-    """
+    """SMSE's contrastive pair loss on embeddings (B, D); ``same`` is 1 for a
+    same-class pair, else 0."""
     _check_embeddings(e1=e1, e2=e2)
     same = torch.as_tensor(same, device=e1.device)
     if same.shape != (e1.shape[0],):
@@ -82,13 +67,7 @@ def pair_loss(e1: Tensor, e2: Tensor, same: Tensor, margin: float = 1.0) -> Tens
 
 def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
                  margin: float = 1.0) -> Tensor:
-    """Triplet loss of SMSE.
-
-    ``mean_i max(0, d(a_i, p_i)^2 - d(a_i, n_i)^2 + margin)``, ``d`` Euclidean.
-
-    Args:
-        anchor, positive, negative: embeddings, shape (B, D).
-    """
+    """SMSE's triplet loss on embeddings (B, D), squared Euclidean distances."""
     _check_embeddings(anchor=anchor, positive=positive, negative=negative)
     d_ap = _squared_distance(anchor, positive)
     d_an = _squared_distance(anchor, negative)
@@ -97,44 +76,24 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
 
 def reinforced_focal_loss(logits: Tensor, target: Tensor, lam: float = 2.0,
                           gamma: float = 1.5) -> Tensor:
-    """Reinforced focal loss of SMSE.
-
-    ``mean_i lam * (1 - p_t)^gamma`` with ``p_t = softmax(logits_i)[target_i]``.
-
-    Args:
-        logits: class scores, shape (B, C).
-        target: class indices, shape (B,).
-    """
+    """SMSE's reinforced focal loss ``lam * (1 - p_t)^gamma`` of logits (B, C):
+    bounded on purpose (built on the L1 loss ``1 - p_t``, no log)."""
     _check_logits(logits, target)
     p_t = _log_p_true(logits, target).exp()
     return (lam * (1 - p_t) ** gamma).mean()
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
-    """Standard focal loss (Lin et al. 2017).
-
-    ``mean_i -(1 - p_t)^gamma * log(p_t)``, ``log p_t`` from log-softmax;
-    ``gamma = 0`` is cross entropy.
-
-    Args:
-        logits: class scores, shape (B, C).
-        target: class indices, shape (B,).
-    """
+    """The standard focal loss (Lin et al. 2017) of logits (B, C); ``gamma = 0``
+    is cross entropy."""
     _check_logits(logits, target)
     log_p_t = _log_p_true(logits, target)
     return (-((1 - log_p_t.exp()) ** gamma) * log_p_t).mean()
 
 
 def npair_loss(anchor: Tensor, positive: Tensor) -> Tensor:
-    """N-pair loss (Sohn 2016), plain dot products.
-
-    ``mean_i log(1 + sum_{j != i} exp(a_i . p_j - a_i . p_i))``, which equals the
-    cross entropy of the row ``a_i . p_j`` (over ``j``) with target ``i``.
-
-    Args:
-        anchor, positive: embeddings, shape (B, D); ``positive[j]`` is the
-            negative of every anchor ``i != j``.
-    """
+    """Sohn's N-pair loss on embeddings (B, D): ``positive[j]`` is a negative
+    of every anchor ``i != j``."""
     _check_embeddings(anchor=anchor, positive=positive)
     logits = anchor @ positive.T
     target = torch.arange(anchor.shape[0], device=anchor.device)
@@ -142,16 +101,8 @@ def npair_loss(anchor: Tensor, positive: Tensor) -> Tensor:
 
 
 def constellation_loss(anchor: Tensor, positive: Tensor, negatives: Tensor) -> Tensor:
-    """Constellation loss (Medela & Picon 2020) on L2-normalised embeddings.
-
-    ``mean_i log(1 + sum_k exp(a_i . n_ik - a_i . p_i))``, with ``a``, ``p`` and
-    ``n`` normalised to unit length first; computed as a log-sum-exp over
-    ``[0, a_i . n_ik - a_i . p_i]``.
-
-    Args:
-        anchor, positive: embeddings, shape (B, D).
-        negatives: K negatives per anchor, shape (B, K, D).
-    """
+    """The constellation loss (Medela & Picon 2020) on L2-normalised
+    embeddings: anchors and positives (B, D), K negatives per anchor (B, K, D)."""
     _check_embeddings(anchor=anchor, positive=positive)
     _check_ndim("negatives", negatives, 3)
     if negatives.shape[0] != anchor.shape[0] or negatives.shape[2] != anchor.shape[1]:
@@ -168,16 +119,8 @@ def constellation_loss(anchor: Tensor, positive: Tensor, negatives: Tensor) -> T
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
-    """NT-Xent (SimCLR) over the 2N views ``z = [z1; z2]``.
-
-    ``mean_i -log( exp(s_i,pos(i) / t) / sum_{k != i} exp(s_ik / t) )`` with
-    ``s`` the cosine similarity, ``pos(i)`` the other view of the same sample
-    (``z1[i]`` <-> ``z2[i]``) and the other 2N - 2 views as negatives.
-
-    Args:
-        z1, z2: projections of the two views, shape (N, D).
-        temperature: ``t`` > 0.
-    """
+    """NT-Xent (SimCLR) over the 2N views ``[z1; z2]`` (each (N, D)); the
+    positive of ``z1[i]`` is ``z2[i]``."""
     _check_embeddings(z1=z1, z2=z2)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -192,17 +135,8 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
 
 
 def sim_loss(features: Sequence[Tensor]) -> Tensor:
-    """Similarity term of DSML between the feature maps of several magnifications.
-
-    Each map ``f_m`` of shape (B, C_m, H_m, W_m) is reduced to its channel-wise
-    maximum ``g_m = max_c f_m`` (B, H_m, W_m) and adaptive-average-pooled to
-    ``(min_m H_m, min_m W_m)``; the loss is the mean absolute difference
-    ``mean |g_m - g_m'|`` averaged over all pairs ``m < m'``.
-
-    Args:
-        features: two or more feature maps with one batch size; channels and
-            spatial sizes may differ.
-    """
+    """DSML's SIM term between two or more feature maps (B, C_m, H_m, W_m) of one
+    batch: channels and spatial sizes may differ."""
     if isinstance(features, Tensor) or len(features) < 2:
         count = "a single tensor" if isinstance(features, Tensor) else f"{len(features)} map(s)"
         raise ValueError(f"sim_loss needs a sequence of at least 2 feature maps, got {count}")

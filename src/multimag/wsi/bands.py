@@ -1,24 +1,10 @@
 """The bands the tiler cuts its patches from, filled as each source tile is decoded.
 
 A band is the strip of one level, reduced by an integer factor, under a run of
-patches at one magnification: the patch side in rows, from the run's first patch
-to its last in columns; the run's patches are views of it. :class:`StripeBands`
-fills the bands of one stripe of the grid. When a band is asked for, every tile
-under it that the stripe has not had yet is decoded into one buffer that is used
-again for the next tile (so it stays in the CPU cache), reduced there by each
-factor the stripe reads its level at, and copied straight into every band of the
-stripe that it overlaps and that is still open (those further down are allocated
-then). Each decoded pixel thus goes to memory once, into the bands, instead of
-into a tile cache first and into each band from there; where rows overlap (the
-coarse magnifications of ``same_center``), the bands of a few rows share one
-canvas, so a pixel they share is copied once. On the benchmark slide that cut
-one worker's block from 3.4 to 2.6 s (benchmarks/README.md).
-
-Consecutive rows share tiles, but a tile reaches only a few rows (the patch side
-plus a tile, in level pixels), so few bands are open at a time. A tile version
-that another stripe reads as well (the reader's ``keep`` set, see
-:class:`multimag.wsi.tiling.TileUse`) also goes to the reader's tile cache, which the
-next stripe looks in before decoding.
+patches at one magnification; the run's patches are views of it. Each tile is
+decoded once into a reused buffer, reduced by every factor the stripe reads its
+level at, and copied straight into every open band (or shared canvas of bands)
+it overlaps. docs/wsi.md describes the design.
 """
 
 from __future__ import annotations
@@ -28,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from multimag.wsi.geometry import tiles_under
-from multimag.wsi.slide import WHITE, Slide, decode_buffer, reduce_pixels
+from multimag.wsi.slide import WHITE, Slide
+from multimag.wsi.tile_decoding import decode_buffer, reduce_pixels
 
 try:  # numpy's switch for asking the kernel for huge pages (arrays of 4 MiB or more)
     from numpy._core.multiarray import _set_madvise_hugepage
@@ -44,15 +31,11 @@ _ROW = 21  # bit offset of the tile row in a tile's key within one version
 def _canvas_memory(shape: tuple[int, int, int]) -> np.ndarray:
     """An uninitialised uint8 array on ordinary pages.
 
-    numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more.
-    Canvases are new memory that is written at once, and on a VM that hands free
-    memory back to its host (free page reporting), a huge page faulted in after the
-    VM has been idle costs several times its 512 small pages: 256 MB took 530-660 ms
-    on 2 MiB pages against 140-200 ms on 4 KiB pages on the benchmark VM, and the
-    tiler's extraction ran 6% faster with the canvases on small pages
-    (benchmarks/README.md). Only the canvases: with numpy's request off for the whole
-    worker, ``multimag tile`` was no faster. The switch is numpy's, process-wide, and
-    only a hint: an array another thread allocates meanwhile gets small pages too."""
+    numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more;
+    canvases are new memory written at once, and where the host reclaims free
+    memory, a huge page faulted in after an idle spell costs several times its
+    small pages. The switch is numpy's, process-wide, and only a hint: an array
+    another thread allocates meanwhile gets small pages too."""
     if _set_madvise_hugepage is None:
         return np.empty(shape, np.uint8)
     huge = _set_madvise_hugepage(False)

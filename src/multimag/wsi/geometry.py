@@ -1,22 +1,9 @@
 """The multi-magnification grid: the one source of truth for where a patch lies.
 
-Coordinates are continuous: pixel ``i`` of any image covers ``[i, i + 1)`` and
-its centre is ``i + 0.5``. Level-0 coordinates are the slide's own pixels.
-
-* A magnification is a pixel size: ``mpp(M) = base_mpp * base_magnification / M``
-  (40x = 0.25 um/px with the defaults).
-* A pyramid level maps to level 0 by its own per-axis scale (level-0 pixels per
-  level pixel), taken from the level's dimensions. When a level's size is what
-  an integer reduction by ``k`` produces (``floor`` or ``ceil`` of ``W0 / k``),
-  the scale is exactly ``k``: that is how scanners build pyramids, and it keeps
-  the far edge of a 100,000-px slide on the right pixel (``W0 / W1`` = 4.0003
-  would drift by several pixels there).
-* A patch of magnification ``M`` centred on the level-0 point ``(cx, cy)`` has
-  ``side`` output pixels of ``scale = mpp(M) / mpp0`` level-0 pixels each, so it
-  covers ``[cx - side * scale / 2, cx + side * scale / 2)`` on level 0.
-* Centres lie on a grid of the finest magnification: grid cell ``(i, j)`` has
-  its top-left corner at ``(j * stride, i * stride)`` finest-magnification
-  pixels, and its centre rounded to the nearest level-0 pixel corner.
+Coordinates are continuous (pixel ``i`` covers ``[i, i + 1)``), on level 0 unless
+said otherwise. A magnification is a pixel size; each pyramid level maps to level
+0 by its own per-axis scale; patch centres lie on the finest magnification's grid.
+The rules and formulas are in docs/wsi.md.
 """
 
 from __future__ import annotations
@@ -158,19 +145,10 @@ class MagPlan:
         x0, y0, _, _ = self.footprint(cx, cy)
         return (x - x0) / self.scale, (y - y0) / self.scale
 
-    def provenance(self) -> dict:
-        return {
-            "magnification": self.magnification,
-            "array": self.array_name,
-            "patch_px": self.side,
-            "extent_level0": self.extent,
-            "target_mpp": self.target_mpp,
-            "level": self.level.index,
-            "level_mpp": self.level_mpp,
-            "level_scale": [self.level.scale_x, self.level.scale_y],
-            "resample_factor": [self.factor_x, self.factor_y],
-            "upsampled": min(self.factor_x, self.factor_y) < 1 - MPP_RTOL,
-        }
+    @property
+    def upsampled(self) -> bool:
+        """Whether the level is read finer than it was scanned."""
+        return min(self.factor_x, self.factor_y) < 1 - MPP_RTOL
 
 
 def patch_sides(magnifications: Sequence[float], patch_px: int, mode: str) -> list[int]:

@@ -19,7 +19,8 @@ from skimage import filters, morphology, segmentation
 from multimag.atomic import atomic_path
 from multimag.errors import StoreError
 from multimag.wsi.geometry import mask_fractions
-from multimag.wsi.slide import Slide, reduce_pixels
+from multimag.wsi.slide import Slide
+from multimag.wsi.tile_decoding import reduce_pixels
 
 
 @dataclass(frozen=True)

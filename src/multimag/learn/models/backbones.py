@@ -1,13 +1,5 @@
-"""Feature-map backbones by name: SMSE's ``pnn`` or any torchvision classifier.
-
-A backbone maps ``(B, 3, H, W)`` to feature maps ``(B, C, h, w)`` (the input of
-the network's own global pooling) and has ``out_channels = C``. torchvision
-models are cut there with ``torchvision.models.feature_extraction``; the node
-is known per family below. Pretrained weights: ``None`` (random init), a
-torchvision weight name (``"DEFAULT"`` or e.g. ``"ResNet50_Weights.IMAGENET1K_V2"``,
-downloaded by torchvision into its cache unless already there), or the path of
-a local state dict of the full torchvision model.
-"""
+"""Feature-map backbones by name: SMSE's ``pnn`` or a torchvision classifier cut
+before its global pooling, with optional pretrained weights (``docs/learn.md``)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
-"""The networks of the four methods, over any backbone.
-
-``PatchNet`` (SMSE, CE baseline, constellation, MPCS): backbone -> global
-average pooling -> embedding (``Linear`` to ``embed_dim``; 12 in SMSE) ->
-classifier on the embedding; with ``projection_dim`` an MLP projection head
-(one hidden layer, MPCS/SimCLR) on the pooled features for self-supervised
-pre-training.
-
-``DSMLNet``: one backbone and one classifier per magnification on the same
-field of view; the fused output is ``sum_m w_m * softmax(logits_m)`` with
-weights summing to one, fixed (default 0.5 / 0.5) or learnable (a softmax over
-free parameters keeps them positive and summing to one).
-"""
+"""The networks over a backbone: ``PatchNet`` (one patch -> embedding, logits and
+an optional MPCS projection) and ``DSMLNet`` (one backbone per magnification,
+fused by weighted softmaxes); ``docs/learn.md`` draws both."""
 
 from __future__ import annotations
 

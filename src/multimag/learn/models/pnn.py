@@ -1,12 +1,6 @@
-"""SMSE's plain neural network (PNN), adapted to the patch size.
-
-Sun et al. describe a plain stack of convolutions with PReLU activations and
-max pooling feeding a 12-d embedding. Here: four blocks of
-``conv3x3 -> batch norm -> PReLU -> maxpool 2`` with widths ``w, 2w, 4w, 8w``
-(``w`` = ``model.pnn_width``), then global average pooling in the head, so any
-patch size of 16 px or more works (the paper's fixed-size fully connected
-layer is what this adaptation replaces).
-"""
+"""SMSE's plain neural network (PNN), with global average pooling in the head in
+place of the paper's fixed-size fully connected layer, so any patch of 16 px or
+more fits."""
 
 from __future__ import annotations
 
