@@ -58,8 +58,9 @@ class AugmentParams:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def from_config(cls, cfg: dict) -> AugmentParams:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    def from_config(cls, augment_config: dict) -> AugmentParams:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in augment_config.items()})
 
 
 class Augment:
