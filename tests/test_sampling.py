@@ -313,6 +313,13 @@ def test_fixed_pair_must_be_configured(cohort, tmp_path):
                       make_config(mpcs={"fixed_pair": [40, 20]}))
 
 
+def test_fixed_pair_refuses_one_magnification_twice(cohort, tmp_path):
+    with pytest.raises(ConfigError, match="names 20x twice"):
+        build_indices(cohort["splits"], cohort["root"] / "labels", tmp_path, FOLD,
+                      make_config(mpcs={"fixed_pair": [20, 20.0]}))
+    assert not tmp_path.joinpath("fold0").exists() and not list(tmp_path.iterdir())
+
+
 def test_training_set_without_a_class(tmp_path):
     samples = write_cohort(tmp_path / "labels", n_patients=10)
     for p in (tmp_path / "labels").glob("*.parquet"):  # no tumour patch anywhere

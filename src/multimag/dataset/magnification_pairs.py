@@ -26,6 +26,10 @@ def fixed_pair(pair: list, mags: np.ndarray) -> tuple[float, float]:
                               f"among magnifications {mags.tolist()}",
                               fix="choose two of the configured magnifications")
         out.append(float(mags[hit[0]]))
+    if out[0] == out[1]:
+        raise ConfigError(f"index.mpcs.fixed_pair {list(pair)} names {out[0]:g}x twice: a "
+                          "positive pair must show one location at two magnifications",
+                          fix="choose two different magnifications")
     return out[0], out[1]
 
 
