@@ -18,7 +18,7 @@ ENVS = REPO / "envs"
 RULES = REPO / "workflow" / "rules"
 # snakemake drives the workflow from the user's own environment (and, on Slurm,
 # runs the job steps from it); the jobs' commands never import it.
-DRIVER_ONLY = {"snakemake"}
+DRIVER_ONLY = {"snakemake", "pygments"}  # pygments: for `snakemake --report`
 # what only the training/inference rules need
 TORCH_STACK = {"torch", "torchvision", "matplotlib"}
 # which environment each rule runs in
