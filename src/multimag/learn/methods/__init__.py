@@ -20,10 +20,6 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     MPCSPretrain(), MPCSFinetune())}
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
 def get_method(name: str) -> Method:
     """The method called ``name``; a ConfigError lists the known names."""
     method = REGISTRY.get(name)
@@ -37,4 +33,4 @@ def check_method(name: str) -> str:
     return name
 
 
-__all__ = ["REGISTRY", "Method", "Sampling", "check_method", "get_method", "method_names"]
+__all__ = ["REGISTRY", "Method", "Sampling", "check_method", "get_method"]
