@@ -65,6 +65,23 @@ def full_tissue(slide):
                       lv.scale_x, lv.scale_y, 0.0, TissueParams())
 
 
+# -- predictions written by hand name the index of their model -----------------------------
+
+def fake_model_index(root: Path, slide_id: str, fold: int) -> dict:
+    """A one-file index folder under ``root`` whose test set holds the slide, and the
+    predictions metadata that names it (``index_dir``, ``index_sha256``)."""
+    import json
+
+    from multimag.dataset.index_digest import index_digest
+
+    folder = root / f"{slide_id}_fold{fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.json").write_text(json.dumps(
+        {"fold": fold, "slides": {"train": [], "val": [], "test": [slide_id]},
+         "files": ["index.json"]}))
+    return {"index_dir": str(folder), "index_sha256": index_digest(folder)}
+
+
 # -- the demo cohort up to its training indices, built once per test session ---------------
 
 def run_workflow(workdir: Path, *args: str, config: dict | None = None):
@@ -106,3 +123,37 @@ def demo_dataset(tmp_path_factory) -> Path:
             assert res.returncode == 0, res.stderr[-3000:]
             done.touch()
     return workdir
+
+
+# -- fast training on the demo cohort's fold 0 ----------------------------------------------
+
+#: small training settings: a few seconds per model on the CPU
+QUICK = {"train": {"epochs": 2, "samples_per_epoch": 256, "val_max_patches": 120,
+                   "workers": 0, "batch_size": 32},
+         "model": {"backbone": "pnn", "pnn_width": 4},
+         "mpcs": {"projection_dim": 8, "projection_hidden": 16}}
+
+
+def quick_config(demo_dataset: Path, **overrides) -> dict:
+    """The demo dataset's resolved config with QUICK, then ``overrides``, merged
+    over its sections."""
+    from multimag.config import load_config
+
+    config = load_config(demo_dataset / "results" / "config.resolved.yaml")
+    for section, values in {**QUICK, **overrides}.items():
+        config[section] = {**config[section], **values}
+    return config
+
+
+@pytest.fixture(scope="module")
+def fold0(demo_dataset):
+    """Fold 0 of the demo dataset: its index, the stores, the labels, a test slide
+    and the QUICK config."""
+    import pandas as pd
+
+    results = demo_dataset / "results"
+    splits = pd.read_csv(results / "splits.tsv", sep="\t")
+    test_slide = splits.loc[splits["fold"] == 0, "slide_id"].iloc[0]
+    return {"index": results / "indices" / "fold0", "stores": results / "stores",
+            "labels": results / "labels", "test_slide": test_slide,
+            "config": quick_config(demo_dataset)}

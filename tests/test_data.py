@@ -138,6 +138,27 @@ def test_epoch_sampler_is_a_seeded_permutation_per_epoch_split_across_ranks():
     assert len(EpochSampler(103, 10, drop_last=True)) == 10
 
 
+def test_balanced_epochs_draw_each_class_equally_often():
+    """90 normal rows and 10 tumour rows: an epoch of 60 holds 30 of each, the
+    tumour rows cycled (each seen three times), the normal ones all distinct."""
+    classes = np.array([0] * 90 + [1] * 10)
+    s = EpochSampler(100, 8, seed=1, max_samples=60, classes=classes)
+    s.set_epoch(4)
+    order = [i for b in s for i in b]
+    assert len(order) == 60
+    drawn = classes[order]
+    assert (drawn == 0).sum() == 30 and (drawn == 1).sum() == 30
+    counts = np.bincount(order, minlength=100)
+    assert set(counts[90:]) == {3} and set(counts[:90]) <= {0, 1}
+    s.set_epoch(4)
+    assert [i for b in s for i in b] == order
+    s.set_epoch(5)
+    assert [i for b in s for i in b] != order
+    # without a cap an epoch keeps the table's length, still half and half
+    full = [i for b in EpochSampler(100, 8, seed=1, classes=classes) for i in b]
+    assert len(full) == 100 and (classes[full] == 1).sum() == 50
+
+
 # -- augmentation ----------------------------------------------------------------------
 
 def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
@@ -165,10 +186,32 @@ def test_geometry_is_a_dihedral_transform_shared_across_views_on_request():
     assert any(not torch.equal(a[k], b[k]) for k in range(len(x)))
 
 
+def _yiq_hue_turn(img: torch.Tensor, turns: float) -> torch.Tensor:
+    """Hue turned by rotating the I/Q chroma plane of YIQ (NTSC matrix), in numpy."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                       [0.211, -0.523, 0.312]])
+    yiq = np.einsum("ij,jhw->ihw", to_yiq, img.double().numpy())
+    angle = 2 * np.pi * turns
+    i, q = yiq[1].copy(), yiq[2].copy()
+    yiq[1], yiq[2] = np.cos(angle) * i - np.sin(angle) * q, np.sin(angle) * i + np.cos(angle) * q
+    rgb = np.einsum("ij,jhw->ihw", np.linalg.inv(to_yiq), yiq)
+    return torch.from_numpy(np.clip(rgb, 0, 1)).float()
+
+
+def test_hue_turn_keeps_luma_and_chroma_strength():
+    img = torch.rand(3, 8, 8) * 0.4 + 0.3
+    turned = _yiq_hue_turn(img, 0.05)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    torch.testing.assert_close((turned * luma).sum(0), (img * luma).sum(0), atol=1e-5, rtol=0)
+    assert not torch.allclose(turned, img, atol=1e-3)
+    torch.testing.assert_close(_yiq_hue_turn(turned, -0.05), img, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("which", ["brightness", "contrast", "saturation", "hue"])
 def test_colour_jitter_equals_torchvision_per_sample(which):
-    """Each sample's jitter equals torchvision's adjust_* at the factor drawn for it
-    (the draw is recovered by replaying the generator)."""
+    """Each sample's jitter equals torchvision's adjust_* at the factor drawn for it,
+    the hue a turn of the YIQ chroma plane (the draw is recovered by replaying the
+    generator)."""
     amount = 0.05 if which == "hue" else 0.4
     params = AugmentParams(flip=False, rot90=False, brightness=0, contrast=0, saturation=0,
                            hue=0, mean=(0, 0, 0), std=(1, 1, 1))
@@ -182,7 +225,7 @@ def test_colour_jitter_equals_torchvision_per_sample(which):
     for k in range(6):
         img = x[k].float() / 255
         if which == "hue":
-            want = TF.adjust_hue(img, float((u[k] * 2 - 1) * amount))
+            want = _yiq_hue_turn(img, float((u[k] * 2 - 1) * amount))
         else:
             factor = float(1 - amount + 2 * amount * u[k])
             want = getattr(TF, f"adjust_{which}")(img, factor)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import fake_model_index
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -54,7 +55,8 @@ def write_pred(pred_dir: Path, slide_id: str, patient_id: str, fold: int,
     meta = {"method": method, "fold": fold, "slide_id": slide_id,
             "magnifications": [20.0, 5.0], "patch_px": 64,
             "extent_level0": {"20x": 128.0, "5x": 512.0}, "store_schema_version": 1,
-            "model": f"models/{method}/fold{fold}", "config_sha256": "ab" * 32}
+            "model": f"models/{method}/fold{fold}", "config_sha256": "ab" * 32,
+            **fake_model_index(pred_dir.parent / "indices", slide_id, fold)}
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
         {b"multimag": json.dumps(meta).encode()})
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -177,10 +179,10 @@ def _cohort(tmp_path: Path, method: str = "smse", shift: float = 0.0, seed: int 
             emb = {v: (rng.normal(size=(n, 4)) + (labels == 1)[:, None]).astype(np.float32)
                    for v in ("20x", "5x")}
             write_pred(pred, slide, f"P{p}", fold, labels, probs, emb, method)
-            rows.append((slide, f"P{p}", fold))
+            rows.append((slide, f"P{p}", fold, "tumour" if p % 2 else "normal"))
             data[slide] = (f"P{p}", fold, labels, probs, emb)
     splits = tmp_path / "splits.tsv"
-    pd.DataFrame(rows, columns=["slide_id", "patient_id", "fold"]).to_csv(
+    pd.DataFrame(rows, columns=["slide_id", "patient_id", "fold", "diagnosis"]).to_csv(
         splits, sep="\t", index=False)
     return pred, splits, data
 

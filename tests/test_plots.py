@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
+from conftest import fake_model_index
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -81,7 +82,9 @@ def write_predictions(df: pd.DataFrame, path: Path, **meta) -> Path:
     info = {"method": "smse", "fold": int(df["fold"].iloc[0]),
             "slide_id": str(df["slide_id"].iloc[0]), "magnifications": list(MAGS),
             "patch_px": 64, "extent_level0": EXTENTS, "store_schema_version": 1,
-            "model": "models/smse/fold0", "config_sha256": "0" * 64, **meta}
+            "model": "models/smse/fold0", "config_sha256": "0" * 64,
+            **fake_model_index(Path(path).parent / "indices", str(df["slide_id"].iloc[0]),
+                               int(df["fold"].iloc[0])), **meta}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"multimag": json.dumps(info).encode()})
     pq.write_table(table, path)

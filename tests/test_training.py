@@ -18,38 +18,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import QUICK, quick_config
 
-from multimag.config import load_config
 from multimag.learn.model_folder import load_model
 from multimag.learn.predict import ModelError, predict_store
 from multimag.learn.train import TrainingError, train
-
-QUICK = {"train": {"epochs": 2, "samples_per_epoch": 256, "val_max_patches": 120,
-                   "workers": 0, "batch_size": 32},
-         "model": {"backbone": "pnn", "pnn_width": 4},
-         "mpcs": {"projection_dim": 8, "projection_hidden": 16}}
-
-
-def _config(demo_dataset: Path, **overrides) -> dict:
-    config = load_config(demo_dataset / "results" / "config.resolved.yaml")
-    for section, values in {**QUICK, **overrides}.items():
-        config[section] = {**config[section], **values}
-    return config
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "multimag.cli", *args], capture_output=True,
                           text=True)
-
-
-@pytest.fixture(scope="module")
-def fold0(demo_dataset):
-    results = demo_dataset / "results"
-    splits = pd.read_csv(results / "splits.tsv", sep="\t")
-    test_slide = splits.loc[splits["fold"] == 0, "slide_id"].iloc[0]
-    return {"index": results / "indices" / "fold0", "stores": results / "stores",
-            "labels": results / "labels", "test_slide": test_slide,
-            "config": _config(demo_dataset)}
 
 
 @pytest.mark.parametrize("method", ["ce_baseline", "smse_pair", "smse_triplet", "dsml",
@@ -89,13 +67,14 @@ def test_mpcs_finetune_starts_from_the_pretrained_encoder(fold0, tmp_path):
     pre-training left it (and pre-training did move it from the seeded init)."""
     from multimag.learn.methods import get_method
 
-    config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
+    config = quick_config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     train(fold0["index"], tmp_path / "pre", "mpcs_pretrain", 0, config,
           stores_dir=fold0["stores"], progress=False)
     with pytest.raises(TrainingError, match="mpcs_pretrain model"):
         train(fold0["index"], tmp_path / "ft", "mpcs_finetune", 0, config,
               stores_dir=fold0["stores"])
-    frozen = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1, "lr": 0.0})
+    frozen = quick_config(fold0["index"].parents[2],
+                          train={**QUICK["train"], "epochs": 1, "lr": 0.0})
     train(fold0["index"], tmp_path / "ft", "mpcs_finetune", 0, frozen,
           stores_dir=fold0["stores"], init=tmp_path / "pre", progress=False)
     pre = dict(load_model(tmp_path / "pre")[0].named_parameters())
@@ -115,9 +94,9 @@ def _write_config(path: Path, config: dict) -> Path:
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(fold0, tmp_path):
-    config = _config(fold0["index"].parents[2],
-                     train={**QUICK["train"], "epochs": 4, "samples_per_epoch": 1024,
-                            "patience": 10})
+    config = quick_config(fold0["index"].parents[2],
+                          train={**QUICK["train"], "epochs": 4, "samples_per_epoch": 1024,
+                                 "patience": 10})
     cfg = _write_config(tmp_path / "config.yaml", config)
     args = [str(fold0["index"]), "--method", "smse_triplet", "--fold", "0",
             "--config", str(cfg), "--stores", str(fold0["stores"]), "--threads", "1"]
@@ -151,7 +130,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(fold0, tmp_path):
 
 
 def test_a_checkpoint_of_another_configuration_is_not_resumed(fold0, tmp_path):
-    config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
+    config = quick_config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     train(fold0["index"], tmp_path, "ce_baseline", 0, config, stores_dir=fold0["stores"],
           progress=False)
     config["train"]["lr"] = config["train"]["lr"] / 2
@@ -180,7 +159,7 @@ def test_unknown_method_backbone_and_missing_weights(fold0, tmp_path):
     for model, needle in (({"backbone": "resnet5000"}, "unknown backbone 'resnet5000'"),
                           ({"backbone": "resnet18", "weights": str(tmp_path / "w.pth")},
                            "does not exist")):
-        config = _config(fold0["index"].parents[2], model={**QUICK["model"], **model})
+        config = quick_config(fold0["index"].parents[2], model={**QUICK["model"], **model})
         cfg = _write_config(tmp_path / "c.yaml", config)
         _one_line_error(_cli("train", index, str(tmp_path / "m"), "--method", "ce_baseline",
                              "--fold", "0", "--config", str(cfg), "--stores", stores), needle)
@@ -228,7 +207,7 @@ def test_predict_refuses_a_model_dir_without_checkpoint_and_a_foreign_store(fold
     store = fold0["stores"] / f"{slide}.zarr"
     res = _cli("predict", str(tmp_path), str(store), str(tmp_path / "p.parquet"))
     _one_line_error(res, "no trained model", "Fix:")
-    config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
+    config = quick_config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     train(fold0["index"], tmp_path / "m", "ce_baseline", 0, config, stores_dir=fold0["stores"],
           progress=False)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -243,7 +222,7 @@ def test_predict_refuses_a_model_dir_without_checkpoint_and_a_foreign_store(fold
 def test_gpus_2_trains_with_distributed_data_parallel(fold0, tmp_path):
     """`--gpus 2` re-launches the job under torchrun; on a machine without GPUs the
     two processes train with gloo on the CPU, rank 0 validates and writes."""
-    config = _config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
+    config = quick_config(fold0["index"].parents[2], train={**QUICK["train"], "epochs": 1})
     cfg = _write_config(tmp_path / "c.yaml", config)
     res = _cli("train", str(fold0["index"]), str(tmp_path / "m"), "--method", "smse_triplet",
                "--fold", "0", "--config", str(cfg), "--stores", str(fold0["stores"]),

@@ -142,7 +142,7 @@ def test_a_rerun_gives_each_slide_the_models_of_its_fold(tmp_path, demo_dataset)
         inputs = re.search(r"^\s+input: (.*)$", block, re.M).group(1)
         assert "<TBD>" not in inputs, inputs
         slide = re.search(r"stores/([^/]+)\.zarr", inputs).group(1)
-        models = re.findall(r"models/\w+/fold(\d+)/model\.json", inputs)
+        models = re.findall(r"models/[\w.]+/fold(\d+)/model\.json", inputs)
         assert models and set(models) == {folds[slide]}, (slide, inputs)
 
 
@@ -154,12 +154,13 @@ def test_demo_end_to_end(tmp_path):
     figures and the report."""
     res = snakemake(tmp_path, "all")
     assert res.returncode == 0, res.stderr[-3000:]
-    from multimag.config import load_config
+    from multimag.config import configured_methods, load_config
     from multimag.dataset.samples import load_samples
 
     out = tmp_path / "results"
     config = load_config(out / "config.resolved.yaml")
-    folds, methods = config["split"]["folds"], config["methods"]
+    folds, methods = config["split"]["folds"], configured_methods(config)
+    assert {f"ce_single_{m:g}x" for m in config["magnifications"]} <= set(methods)
     samples = load_samples(tmp_path / "demo" / "samples.tsv")
     assert len(samples) >= 8 and samples["patient_id"].nunique() >= 4
     for slide_id in samples.index:
@@ -209,6 +210,25 @@ def test_demo_end_to_end(tmp_path):
     assert (summary["balanced_acc_mean"] > 0.7).all(), summary["balanced_acc_mean"]
     assert summary.loc["smse_triplet", "balanced_acc_mean"] >= 0.85
     assert (out / "summary.md").read_text().count("|") > 20
+    # every method's figures with a confidence interval from resampling patients
+    for metric in ("acc", "balanced_acc", "roc_auc", "slide_accuracy", "patient_accuracy"):
+        low, high = summary[f"{metric}_ci_low"], summary[f"{metric}_ci_high"]
+        assert (low.notna() & (low <= high)).all(), (metric, low, high)
+    coarsest = f"ce_single_{min(config['magnifications']):g}x"
+    assert coarsest in (out / "summary.html").read_text(encoding="utf-8")
+    # every method under every voting rule, judged against the diagnosis (the demo's
+    # slide_label): every slide and patient scored, whatever its share of tumour patches
+    voting = pd.read_csv(out / "voting.tsv", sep="\t")
+    assert sorted(zip(voting["method"], voting["rule"], strict=True)) == sorted(
+        (m, r) for m in methods for r in ("majority", "mean", "fraction"))
+    assert (voting["slide_n_scored"] == len(samples)).all()
+    assert (voting["patient_n_scored"] == samples["patient_id"].nunique()).all()
+    for level in ("slide", "patient"):
+        for metric in ("accuracy", "sensitivity", "specificity"):
+            assert voting[f"{level}_{metric}"].between(0, 1).all(), (level, metric)
+    assert voting["slide_roc_auc"].between(0, 1).all()
+    assert (voting.groupby("method")["configured"].sum() == 1).all()
+    assert (out / "voting.md").read_text(encoding="utf-8").count("| majority") == len(methods)
 
     # nothing left to do: a second run is a no-op; and the report builds
     again = snakemake(tmp_path, "-n", "all")

@@ -4,6 +4,7 @@ and for the CLI alike."""
 
 from __future__ import annotations
 
+import re
 from copy import deepcopy
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +16,10 @@ import yaml
 from multimag.errors import ConfigError
 
 SCHEMA_PATH = Path(str(files("multimag") / "schemas" / "config.schema.yaml"))
+
+#: ``methods`` entry that stands for one single-magnification baseline per magnification
+SINGLE_MAGNIFICATION = "ce_single"
+_SINGLE_NAME = re.compile(rf"{SINGLE_MAGNIFICATION}_(\d+(?:\.\d+)?)x")
 
 
 def schema() -> dict:
@@ -48,9 +53,51 @@ def validate_config(config: dict, source: str = "config") -> dict:
             raise ConfigError(f"unknown config key {key!r}", path=source,
                               fix="remove it or correct its spelling (see "
                               "workflow/schemas/config.schema.yaml)")
-        raise ConfigError(f"config key {key!r}: {err.message}", path=source,
+        message = ("; ".join(e.message for e in err.context) if err.validator == "anyOf"
+                   else err.message)  # each alternative, e.g. the method names and pattern
+        raise ConfigError(f"config key {key!r}: {message}", path=source,
                           fix="see workflow/schemas/config.schema.yaml for allowed values")
+    configured_methods(config, source)
     return config
+
+
+def single_magnification_method(magnification: float) -> str:
+    """The name of the baseline trained and tested at one magnification: ``ce_single_20x``."""
+    return f"{SINGLE_MAGNIFICATION}_{float(magnification):g}x"
+
+
+def single_magnification_of(name: str) -> float | None:
+    """The magnification of a single-magnification method's name, else None."""
+    match = _SINGLE_NAME.fullmatch(name)
+    if match is None or single_magnification_method(float(match[1])) != name:
+        return None  # ce_single_20.0x is not the name of the 20x baseline
+    return float(match[1])
+
+
+def configured_single_magnification(name: str, config: dict,
+                                    source: str = "config") -> float | None:
+    """The magnification of a single-magnification method (None for another
+    method); a ConfigError when it is not among ``config["magnifications"]``."""
+    magnification = single_magnification_of(name)
+    if magnification is not None and magnification not in [float(m) for m in
+                                                            config["magnifications"]]:
+        raise ConfigError(f"method {name!r} is trained at {magnification:g}x, which is not "
+                          f"among magnifications {config['magnifications']}", path=source,
+                          fix=f"add {magnification:g} to magnifications, or use "
+                          f"{SINGLE_MAGNIFICATION} (one model per configured magnification)")
+    return magnification
+
+
+def configured_methods(config: dict, source: str = "config") -> list[str]:
+    """The methods of ``config["methods"]`` in order, ``ce_single`` standing for one
+    ``ce_single_{M}x`` per configured magnification (each checked as configured)."""
+    names: list[str] = []
+    for name in config["methods"]:
+        configured_single_magnification(name, config, source)
+        expanded = ([single_magnification_method(m) for m in config["magnifications"]]
+                    if name == SINGLE_MAGNIFICATION else [name])
+        names += [n for n in expanded if n not in names]
+    return names
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -86,11 +133,12 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "tile": ("reader", "resolution", "tissue", "magnifications", "patch_px", "mode",
              "stride_px", "allow_upsample", "resample", "store"),
     "label": ("labels",),
+    "split": ("split", "labels.class_map"),
     "index": ("index", "magnifications"),
     "train": ("magnifications", "model", "train", "smse", "dsml", "constellation", "mpcs",
               "index.mpcs"),
     "aggregate": ("aggregate",),
-    "evaluate": ("aggregate",),
+    "evaluate": ("aggregate", "evaluate"),
     "figures": ("labels.class_map", "train.seed"),
 }
 PERFORMANCE_KEYS = frozenset({"train.threads", "train.workers", "train.device"})

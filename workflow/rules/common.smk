@@ -1,12 +1,13 @@
 # Configuration, samples and paths. No logic beyond wiring: the checks live in
 # the multimag package, which the CLI steps use too.
+import re
 import shlex
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-from multimag.config import step_settings
+from multimag.config import configured_methods, step_settings
 from multimag.dataset.samples import load_samples
 from multimag.dataset.splits import read_splits
 
@@ -69,13 +70,15 @@ def dataset_outputs(wildcards):
     )
 
 
-TRAINED = sorted(set(config["methods"]) | ({"mpcs_pretrain"} if "mpcs_finetune" in config["methods"] else set()))
-PREDICTED = [m for m in config["methods"] if m != "mpcs_pretrain"]
+# ce_single stands for one ce_single_{M}x per configured magnification
+METHODS = configured_methods(config)
+TRAINED = sorted(set(METHODS) | ({"mpcs_pretrain"} if "mpcs_finetune" in METHODS else set()))
+PREDICTED = [m for m in METHODS if m != "mpcs_pretrain"]
 FOLDS = list(range(config["split"]["folds"]))
 
 
 wildcard_constraints:
-    method="|".join(TRAINED) or "none",
+    method="|".join(map(re.escape, TRAINED)) or "none",
     fold=r"\d+",
 
 

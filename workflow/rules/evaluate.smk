@@ -7,6 +7,10 @@ rule evaluate:
     output:
         summary=report(f"{OUT}/summary.tsv", category="Results", caption="../report/summary.rst"),
         markdown=f"{OUT}/summary.md",
+        table=report(f"{OUT}/summary.html", category="Results",
+                     caption="../report/summary_table.rst"),
+        voting=report(f"{OUT}/voting.tsv", category="Results", caption="../report/voting.rst"),
+        voting_markdown=f"{OUT}/voting.md",
         metrics=expand(f"{OUT}/{{method}}/metrics.tsv", method=PREDICTED),
     params:
         config=RESOLVED_CONFIG,

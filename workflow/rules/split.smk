@@ -1,9 +1,13 @@
 checkpoint split:
     input:
         samples=config["samples"],
+        # the diagnosis of a slide without slide_label comes from its annotation
+        annotations=lambda wildcards: [a for a in samples()["annotation"] if a],
     output:
         f"{OUT}/splits.tsv",
     params:
+        config=RESOLVED_CONFIG,
+        settings=step_settings(config, "split"),
         folds=config["split"]["folds"],
         seed=config["split"]["seed"],
     log:
@@ -17,4 +21,4 @@ checkpoint split:
         cpus_per_task=1,
     shell:
         "multimag split {input.samples:q} {output:q} --folds {params.folds} "
-        "--seed {params.seed} > {log} 2>&1"
+        "--seed {params.seed} --config {params.config:q} > {log} 2>&1"

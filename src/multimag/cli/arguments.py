@@ -80,9 +80,12 @@ _COMMANDS = [
     ], {}),
     ("split", cmd_split, "patient-level cross-validation folds", [
         _arg("samples", type=Path, help="samples.tsv"),
-        _arg("out", type=Path, help="splits.tsv (slide_id, patient_id, fold)"),
+        _arg("out", type=Path,
+             help="splits.tsv (slide_id, patient_id, fold, diagnosis, diagnosis_source)"),
         _arg("--folds", type=int, default=5),
         _arg("--seed", type=int, default=0),
+        _arg("--config", type=Path,
+             help="config YAML (labels.class_map, to read the annotations' diagnosis)"),
     ], {}),
     ("index", cmd_index, "pair / triplet / magnification-pair indices of one fold", [
         _arg("splits", type=Path, help="splits.tsv"),
@@ -129,7 +132,8 @@ _COMMANDS = [
     ], {}),
     ("evaluate", cmd_evaluate, "metrics per method and fold, and the summary table", [
         _arg("splits", type=Path, help="splits.tsv"),
-        _arg("out_dir", type=Path, help="writes {method}/metrics.tsv, summary.tsv, summary.md"),
+        _arg("out_dir", type=Path, help="writes {method}/metrics.tsv, summary.tsv, summary.md, "
+             "summary.html (intervals: evaluate.bootstrap of the config)"),
         _arg("predictions_dirs", type=Path, nargs="+",
              help="predictions/{method} folders (the folder name is the method)"),
         *_VERDICT_ARGUMENTS,

@@ -91,15 +91,18 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from multimag.config import load_config
     from multimag.dataset.samples import load_samples
     from multimag.dataset.splits import check_no_leak, make_splits, write_splits
 
     splits = make_splits(load_samples(args.samples), folds=args.folds, seed=args.seed,
-                         source=args.samples)
+                         source=args.samples,
+                         class_map=load_config(args.config)["labels"]["class_map"])
     check_no_leak(splits)
     write_splits(splits, args.out)
+    diagnosis = splits["diagnosis"].replace("", "unscored").value_counts().to_dict()
     print(json.dumps({"slides": len(splits), "patients": int(splits["patient_id"].nunique()),
-                      "folds": args.folds}))
+                      "folds": args.folds, "diagnosis": diagnosis}))
     return 0
 
 
@@ -205,11 +208,13 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from multimag.config import load_config
     from multimag.evaluate.evaluation import evaluate
 
     options = _aggregate_options(args)
     summary = evaluate({Path(d).name: d for d in args.predictions_dirs}, args.splits,
-                       args.out_dir, **options)
+                       args.out_dir, bootstrap=load_config(args.config)["evaluate"]["bootstrap"],
+                       **options)
     columns = [c for c in ("method", "balanced_acc_mean", "roc_auc_mean", "slide_accuracy_mean",
                            "recognition_rate_mean") if c in summary.columns]
     print(summary[columns].to_string(index=False))

@@ -2,33 +2,42 @@
 
 Every patient lies in exactly one of ``k`` folds, stratified by patient label,
 so no patient is ever on both sides of a split; for test fold ``F`` the next
-fold is the validation set and the rest train. The stratification, fold roles
-and splits.tsv schema are in docs/dataset.md.
+fold is the validation set and the rest train. Each slide's diagnosis (the
+truth of slide-level verdicts) rides along. The stratification, fold roles and
+splits.tsv schema are in docs/dataset.md.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from multimag.atomic import atomic_path
+from multimag.dataset.diagnosis import DIAGNOSES, SOURCES, slide_diagnoses
 from multimag.errors import LeakError, SplitError
 
-COLUMNS = ("slide_id", "patient_id", "fold")
+FOLD_COLUMNS = ("slide_id", "patient_id", "fold")
+DIAGNOSIS_COLUMNS = ("diagnosis", "diagnosis_source")
+COLUMNS = (*FOLD_COLUMNS, *DIAGNOSIS_COLUMNS)
 ROLES = ("train", "val", "test")
 MIN_FOLDS = 3
 
 
-def patient_labels(samples: pd.DataFrame) -> pd.Series:
-    """``tumour`` / ``normal`` / ``unknown`` per patient_id (sorted index)."""
-    labels = (samples["slide_label"].fillna("").astype(str)
-              if "slide_label" in samples.columns
-              else pd.Series("", index=samples.index))
+def patient_labels(samples: pd.DataFrame, diagnoses: pd.Series | None = None) -> pd.Series:
+    """``tumour`` / ``normal`` / ``unknown`` per patient_id (sorted index): the strata.
+
+    ``diagnoses`` is the diagnosis of each row of ``samples`` (default: from
+    :func:`multimag.dataset.diagnosis.slide_diagnoses`).
+    """
+    if diagnoses is None:
+        diagnoses = slide_diagnoses(samples)["diagnosis"]
     frame = pd.DataFrame({"patient_id": samples["patient_id"].astype(str).to_numpy(),
-                          "label": labels.to_numpy()})
+                          "label": np.asarray(diagnoses, dtype=object).astype(str)})
     grouped = frame.groupby("patient_id", sort=True)["label"]
     any_tumour = grouped.agg(lambda s: bool((s == "tumour").any()))
     all_normal = grouped.agg(lambda s: bool((s == "normal").all()))
@@ -38,16 +47,8 @@ def patient_labels(samples: pd.DataFrame) -> pd.Series:
     return out
 
 
-def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
-                source: str | Path | None = None) -> pd.DataFrame:
-    """One row per slide: ``slide_id, patient_id, fold`` (k-fold by patient).
-
-    ``samples`` is the table of ``multimag.dataset.samples.load_samples`` (or any frame
-    with ``slide_id`` and ``patient_id`` columns, ``slide_label`` optional);
-    ``source`` names the file it came from in error messages.
-    """
-    source = str(source) if source is not None else "samples.tsv"
-    samples = _with_slide_id_column(samples)
+def _check_samples(samples: pd.DataFrame, source: str) -> pd.Series:
+    """The slide ids of a samples table, refusing missing, empty and duplicate ids."""
     missing = [c for c in ("slide_id", "patient_id") if c not in samples.columns]
     if missing:
         raise SplitError(f"missing column(s) {', '.join(missing)} in the samples table",
@@ -61,13 +62,31 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
     if len(empty):
         raise SplitError(f"{len(empty)} row(s) with an empty slide_id or patient_id",
                          path=source, fix="fill in slide_id and patient_id for every slide")
+    return ids
+
+
+def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
+                source: str | Path | None = None,
+                class_map: Mapping[str, Sequence[Any]] | None = None) -> pd.DataFrame:
+    """One row per slide: ``slide_id, patient_id, fold, diagnosis, diagnosis_source``
+    (k-fold by patient).
+
+    ``samples`` is the table of ``multimag.dataset.samples.load_samples`` (or any frame
+    with ``slide_id`` and ``patient_id`` columns, ``slide_label`` and ``annotation``
+    optional); ``class_map`` is the config's ``labels.class_map``, for reading the
+    annotations; ``source`` names the file it came from in error messages.
+    """
+    source = str(source) if source is not None else "samples.tsv"
+    samples = _with_slide_id_column(samples)
+    ids = _check_samples(samples, source)
     folds = int(folds)
     if folds < MIN_FOLDS:
         raise SplitError(f"split.folds = {folds}: with fewer than {MIN_FOLDS} folds no "
                          "training patients remain once one fold is test and the next "
                          "one validation", path=source,
                          fix=f"set split.folds to {MIN_FOLDS} or more")
-    patient_label = patient_labels(samples)
+    diagnoses = slide_diagnoses(samples, class_map, source=source)
+    patient_label = patient_labels(samples, diagnoses["diagnosis"])
     n_patients = len(patient_label)
     if n_patients < folds:
         raise SplitError(f"{n_patients} patient(s) for {folds} folds: every fold needs at "
@@ -83,6 +102,8 @@ def make_splits(samples: pd.DataFrame, folds: int = 5, seed: int = 0, *,
     out = pd.DataFrame({"slide_id": ids.to_numpy(),
                         "patient_id": samples["patient_id"].astype(str).to_numpy()})
     out["fold"] = patient_fold.loc[out["patient_id"]].to_numpy().astype(np.int64)
+    for column in DIAGNOSIS_COLUMNS:
+        out[column] = diagnoses[column].to_numpy()
     out = out.sort_values("slide_id", kind="stable").reset_index(drop=True)
     check_no_leak(out, source=source)
     return out
@@ -168,7 +189,7 @@ def write_splits(df: pd.DataFrame, path: str | Path) -> Path:
     """Write the splits TSV atomically (temporary sibling, then rename)."""
     path = Path(path)
     df = _with_slide_id_column(df)
-    _check_splits_table(df, path)
+    _check_splits_table(df, path, COLUMNS)
     table = df.loc[:, list(COLUMNS)].copy()
     table["fold"] = table["fold"].astype(np.int64)
     table = table.sort_values("slide_id", kind="stable")
@@ -178,7 +199,11 @@ def write_splits(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_splits(path: str | Path) -> pd.DataFrame:
-    """Read and validate a splits TSV (columns, fold numbers, no patient leak)."""
+    """Read and validate a splits TSV (columns, fold numbers, diagnoses, no patient leak).
+
+    The diagnosis columns are kept when present; a file written before they
+    existed still gives the folds (its verdicts cannot be scored).
+    """
     path = Path(path)
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -189,26 +214,38 @@ def read_splits(path: str | Path) -> pd.DataFrame:
         raise SplitError(f"not a tab-separated table ({exc})", path=path,
                          fix="re-run the split rule") from exc
     df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise SplitError(f"missing column(s) {', '.join(missing)}", path=path,
-                         fix=f"a splits file has the columns {', '.join(COLUMNS)}; "
-                         "re-run the split rule")
+    _check_columns(df, path, FOLD_COLUMNS)
     folds = pd.to_numeric(df["fold"], errors="coerce")
     if folds.isna().any() or (folds % 1 != 0).any() or (folds < 0).any():
         raise SplitError("column fold must hold non-negative integers", path=path,
                          fix="re-run the split rule")
-    df = df.loc[:, list(COLUMNS)].copy()
+    df = df.loc[:, [c for c in COLUMNS if c in df.columns]].copy()
     df["fold"] = folds.astype(np.int64)
-    _check_splits_table(df, path)
+    _check_splits_table(df, path, FOLD_COLUMNS)
     return df.reset_index(drop=True)
 
 
-def _check_splits_table(df: pd.DataFrame, path: str | Path) -> None:
-    missing = [c for c in COLUMNS if c not in df.columns]
+def _check_columns(df: pd.DataFrame, path: str | Path, required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise SplitError(f"missing column(s) {', '.join(missing)}", path=path,
-                         fix=f"a splits table has the columns {', '.join(COLUMNS)}")
+                         fix=f"a splits table has the columns {', '.join(COLUMNS)}; "
+                         "re-run the split rule")
+
+
+def _check_diagnoses(df: pd.DataFrame, path: str | Path) -> None:
+    for column, allowed in (("diagnosis", DIAGNOSES), ("diagnosis_source", SOURCES)):
+        if column not in df.columns:
+            continue
+        bad = sorted(set(df[column].astype(str)) - set(allowed))
+        if bad:
+            raise SplitError(f"column {column} holds {', '.join(map(repr, bad[:5]))}, not "
+                             f"one of {', '.join(map(repr, allowed))}", path=path,
+                             fix="re-run the split rule")
+
+
+def _check_splits_table(df: pd.DataFrame, path: str | Path, required: Sequence[str]) -> None:
+    _check_columns(df, path, required)
     if not len(df):
         raise SplitError("the splits table is empty", path=path, fix="re-run the split rule")
     ids = df["slide_id"].astype(str)
@@ -223,6 +260,7 @@ def _check_splits_table(df: pd.DataFrame, path: str | Path) -> None:
     if min(present) < 0 or present != set(range(k)):
         raise SplitError(f"folds must be numbered 0..k-1 without gaps, found "
                          f"{sorted(present)}", path=path, fix="re-run the split rule")
+    _check_diagnoses(df, path)
     check_no_leak(df, source=path)
 
 

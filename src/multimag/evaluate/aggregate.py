@@ -1,9 +1,9 @@
 """Slide and patient verdicts from patch predictions (rule ``aggregate``).
 
 The patches of a slide (or of all a patient's slides) vote by one rule,
-``majority``, ``mean`` or ``fraction``; the truth is the same rule over the patch
-labels. ``docs/evaluate.md`` has the rules and the columns of ``slides.tsv``,
-``patients.tsv`` and ``summary.json``.
+``majority``, ``mean`` or ``fraction``; the truth is the diagnosis of
+``splits.tsv``, never a vote of the patch labels. ``docs/evaluate.md`` has the
+rules and the columns of ``slides.tsv``, ``patients.tsv`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from multimag.atomic import atomic_path
+from multimag.dataset.diagnosis import patient_diagnoses
 from multimag.dataset.splits import splits_frame
-from multimag.errors import MultimagError, PredictionsError, short_list
+from multimag.errors import MultimagError, PredictionsError, SplitError, short_list
 from multimag.learn.predictions import FUSED, read_predictions
 
 __all__ = [
@@ -75,10 +76,10 @@ def _count_patches(fused: pd.DataFrame, keys: list[str],
     return parts.groupby(keys, sort=False).sum()
 
 
-def _add_verdicts(stats: pd.DataFrame, rule: str, tie: str, threshold: float,
-                  fraction_threshold: float) -> pd.DataFrame:
-    """The counts of ``_count_patches`` with the rates, the verdict, the truth and
-    whether they agree."""
+def _add_verdicts(stats: pd.DataFrame, truth: pd.Series, rule: str, tie: str,
+                  threshold: float, fraction_threshold: float) -> pd.DataFrame:
+    """The counts of ``_count_patches`` with the rates, the verdict, the truth (the
+    diagnosis, aligned on the index) and whether they agree."""
     out = stats.copy()
     for column in COUNT_COLUMNS:
         out[column] = out[column].fillna(0).astype(np.int64)
@@ -91,10 +92,7 @@ def _add_verdicts(stats: pd.DataFrame, rule: str, tie: str, threshold: float,
         out["recognition_rate"] = out["n_correct"].to_numpy(dtype=np.float64) / n_labelled
     out["verdict"] = _vote(out["n_tumour_pred"].to_numpy(), n, out["mean_prob"].to_numpy(),
                            rule, tie, threshold, fraction_threshold)
-    # the truth: the same rule over the labels (the mean of 0/1 labels is their fraction)
-    frac_true = out["tumour_fraction_true"].to_numpy()
-    out["truth"] = _vote(out["n_tumour_true"].to_numpy(), n_labelled, frac_true, rule, tie,
-                         threshold, fraction_threshold)
+    out["truth"] = truth.reindex(out.index).fillna("").astype(str).to_numpy()
     scored = (out["verdict"] != "") & (out["truth"] != "")
     correct = pd.Series(pd.NA, index=out.index, dtype="boolean")
     correct[scored] = (out["verdict"] == out["truth"])[scored]
@@ -122,6 +120,22 @@ def _vote(n_tumour: np.ndarray, n: np.ndarray, mean: np.ndarray, rule: str, tie:
     return out
 
 
+def _splits_table(splits: pd.DataFrame) -> pd.DataFrame:
+    """``slide_id, patient_id, fold, diagnosis`` of the splits, typed."""
+    if "diagnosis" not in splits.columns:
+        raise SplitError("the splits have no diagnosis column, so no verdict can be scored "
+                         "(splits.tsv written before multimag carried the diagnosis)",
+                         fix="re-run the split rule (multimag split SAMPLES.tsv OUT.tsv "
+                         "--config CONFIG)")
+    table = splits.reset_index(drop=True).loc[:, ["slide_id", "patient_id", "fold",
+                                                  "diagnosis"]].copy()
+    for column in ("slide_id", "patient_id"):
+        table[column] = table[column].astype(str)
+    table["diagnosis"] = table["diagnosis"].fillna("").astype(str)
+    table["fold"] = table["fold"].astype(np.int64)
+    return table
+
+
 def verdicts(fused: pd.DataFrame, splits: pd.DataFrame, rule: str = "majority", *,
              tie: str = "tumour", threshold: float = 0.5, fraction_threshold: float = 0.5,
              exclude_ambiguous: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -129,13 +143,11 @@ def verdicts(fused: pd.DataFrame, splits: pd.DataFrame, rule: str = "majority", 
 
     ``fused`` holds at least ``slide_id, label, prob_tumour, pred`` (other views are
     dropped when a ``view`` column is present). Every slide of ``splits`` gets a row,
-    those without a patch included; patient ids and folds come from ``splits``.
+    those without a patch included; patient ids, folds and the diagnosis (the
+    truth) come from ``splits``.
     """
     _check_rule(rule, tie)
-    table = splits.reset_index(drop=True).loc[:, ["slide_id", "patient_id", "fold"]].copy()
-    table["slide_id"] = table["slide_id"].astype(str)
-    table["patient_id"] = table["patient_id"].astype(str)
-    table["fold"] = table["fold"].astype(np.int64)
+    table = _splits_table(splits)
     if "view" in fused.columns:
         fused = fused[fused["view"] == FUSED]
     fused = fused.assign(slide_id=fused["slide_id"].astype(str))
@@ -149,14 +161,16 @@ def verdicts(fused: pd.DataFrame, splits: pd.DataFrame, rule: str = "majority", 
               "fraction_threshold": float(fraction_threshold)}
 
     per_slide = _count_patches(fused, ["slide_id"], exclude_ambiguous).reindex(table["slide_id"])
-    slides = _add_verdicts(per_slide, **params).reset_index()
-    slides = table.merge(slides, on="slide_id", how="left")
+    slides = _add_verdicts(per_slide, table.set_index("slide_id")["diagnosis"],
+                           **params).reset_index()
+    slides = table.drop(columns="diagnosis").merge(slides, on="slide_id", how="left")
 
     per_patient = _count_patches(fused.assign(patient_id=fused["_patient"]), ["patient_id"],
                          exclude_ambiguous)
     info = table.groupby("patient_id", sort=True).agg(fold=("fold", "first"),
                                                       n_slides=("slide_id", "size"))
-    patients = _add_verdicts(per_patient.reindex(info.index), **params)
+    truth = patient_diagnoses(table["patient_id"], table["diagnosis"])
+    patients = _add_verdicts(per_patient.reindex(info.index), truth, **params)
     patients = info.join(patients).reset_index()
     return (slides.loc[:, list(SLIDE_COLUMNS)].reset_index(drop=True),
             patients.loc[:, list(PATIENT_COLUMNS)].reset_index(drop=True))
@@ -168,8 +182,9 @@ def _mean_or_none(values: pd.Series) -> float | None:
 
 
 def verdict_summary(slides: pd.DataFrame, patients: pd.DataFrame) -> dict[str, Any]:
-    """Counts, image-level (slide) and patient accuracy, and SMSE's RR (the mean of
-    the per-patient recognition rates over patients with a labelled patch)."""
+    """Counts, image-level (slide) and patient accuracy against the diagnosis, and
+    SMSE's RR (the mean of the per-patient recognition rates over patients with a
+    labelled patch)."""
     slide_scored = slides["correct"].notna()
     patient_scored = patients["correct"].notna()
     return {
@@ -177,6 +192,7 @@ def verdict_summary(slides: pd.DataFrame, patients: pd.DataFrame) -> dict[str, A
         "n_slides_scored": int(slide_scored.sum()),
         "n_slides_unscored": int((~slide_scored).sum()),
         "unscored_slides": slides.loc[~slide_scored, "slide_id"].astype(str).tolist(),
+        "undiagnosed_slides": slides.loc[slides["truth"] == "", "slide_id"].astype(str).tolist(),
         "slide_accuracy": _mean_or_none(slides.loc[slide_scored, "correct"].astype(float)),
         "n_patients": int(len(patients)),
         "n_patients_scored": int(patient_scored.sum()),

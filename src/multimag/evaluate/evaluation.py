@@ -20,12 +20,14 @@ from multimag.atomic import atomic_path
 from multimag.dataset.splits import read_splits
 from multimag.errors import MultimagError
 from multimag.evaluate.aggregate import verdict_summary, verdicts
+from multimag.evaluate.bootstrap import add_intervals, method_intervals
 from multimag.evaluate.metrics import (
     EMBEDDING_METRICS,
     NAN,
     embedding_metrics,
     patch_metrics,
 )
+from multimag.evaluate.voting_table import voting_table, write_voting
 from multimag.learn.predictions import FUSED, read_predictions
 
 
@@ -129,27 +131,34 @@ def summarise(per_fold_tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cell(mean: float, std: float) -> str:
+def _cell(mean: float, std: float, low: float = NAN, high: float = NAN) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
-    if std is None or not math.isfinite(std):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:.3f}" if std is None or not math.isfinite(std) else f"{mean:.3f} ± {std:.3f}"
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def summary_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (of :func:`summarise`) as text: one row per metric (``folds``
+    first), one column per method, cells ``mean ± std [ci_low, ci_high]`` (3 decimals)."""
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    rows = {"folds": [str(int(f)) for f in summary["folds"]]}
+    for metric in metrics:
+        parts = [summary.get(f"{metric}_{part}", pd.Series(NAN, index=summary.index))
+                 for part in ("mean", "std", "ci_low", "ci_high")]
+        rows[metric] = [_cell(*(float(v) for v in values)) for values in zip(*parts, strict=True)]
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=summary["method"].astype(str).tolist())
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """``summary`` (of :func:`summarise`) as a Markdown table: one row per metric,
-    one column per method, cells ``mean ± std`` (3 decimals)."""
-    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
-    methods = summary["method"].astype(str).tolist()
-    lines = ["| metric | " + " | ".join(methods) + " |",
-             "|---|" + "---:|" * len(methods),
-             "| folds | " + " | ".join(str(int(f)) for f in summary["folds"]) + " |"]
-    for metric in metrics:
-        std = summary.get(f"{metric}_std", pd.Series(NAN, index=summary.index))
-        cells = [_cell(float(m), float(s)) for m, s in zip(summary[f"{metric}_mean"], std,
-                                                          strict=True)]
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    """``summary`` (of :func:`summarise`) as a Markdown table (:func:`summary_cells`)."""
+    cells = summary_cells(summary)
+    lines = ["| metric | " + " | ".join(cells.columns) + " |",
+             "|---|" + "---:|" * len(cells.columns)]
+    lines += [f"| {metric} | " + " | ".join(row) + " |" for metric, row in cells.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -158,27 +167,37 @@ def _write_tsv(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(handle, sep="\t", index=False, lineterminator="\n", na_rep="NaN")
 
 
-def write_summary(df: pd.DataFrame, tsv_path: str | Path, md_path: str | Path) -> None:
-    """Write the summary table as TSV and as Markdown (atomically)."""
+def write_summary(df: pd.DataFrame, tsv_path: str | Path, md_path: str | Path,
+                  html_path: str | Path | None = None) -> None:
+    """Write the summary table as TSV, as Markdown and (for the report) as HTML,
+    atomically."""
     _write_tsv(df, Path(tsv_path))
     with atomic_path(md_path) as tmp:
         tmp.write_text(markdown_table(df), encoding="utf-8")
+    if html_path is not None:
+        table = summary_cells(df).rename_axis("metric").to_html(border=0)
+        with atomic_path(html_path) as tmp:
+            tmp.write_text(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>"
+                           f"\n{table}\n</body></html>\n", encoding="utf-8")
 
 
 def evaluate(pred_dirs: Mapping[str, str | Path] | Sequence[str | Path],
              splits_path: str | Path | pd.DataFrame, out_dir: str | Path,
-             **options: Any) -> pd.DataFrame:
+             bootstrap: Mapping[str, Any] | None = None, **options: Any) -> pd.DataFrame:
     """Evaluate several methods and write the results table.
 
     ``pred_dirs`` maps method -> predictions directory (a plain list is named by
     the methods in the files' metadata). Writes ``{out_dir}/{method}/metrics.tsv``
-    per method and ``{out_dir}/summary.tsv`` + ``summary.md``; returns the summary.
+    per method, ``{out_dir}/summary.tsv`` + ``summary.md`` + ``summary.html`` (with the
+    patient-bootstrap intervals of ``bootstrap``: resamples, seed, level) and the voting
+    rules side by side in ``voting.tsv`` + ``voting.md``; returns the summary.
     ``options`` go to :func:`evaluate_method`.
     """
     out_dir = Path(out_dir)
     splits = (read_splits(splits_path) if isinstance(splits_path, (str, Path))
               else splits_path)
     tables: dict[str, pd.DataFrame] = {}
+    folders: dict[str, str | Path] = {}
     items = (list(pred_dirs.items()) if isinstance(pred_dirs, Mapping)
              else [(None, d) for d in pred_dirs])
     for name, pred_dir in items:
@@ -194,6 +213,11 @@ def evaluate(pred_dirs: Mapping[str, str | Path] | Sequence[str | Path],
                                 fix="evaluate each method's predictions directory once")
         _write_tsv(table, out_dir / method / "metrics.tsv")
         tables[method] = table
-    summary = summarise(tables)
-    write_summary(summary, out_dir / "summary.tsv", out_dir / "summary.md")
+        folders[method] = pred_dir
+    summary = add_intervals(summarise(tables), {
+        method: method_intervals(folder, splits, bootstrap or {}, **options)
+        for method, folder in folders.items()})
+    write_summary(summary, out_dir / "summary.tsv", out_dir / "summary.md",
+                  out_dir / "summary.html")
+    write_voting(voting_table(folders, splits, **options), out_dir)  # every rule side by side
     return summary

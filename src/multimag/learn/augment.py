@@ -7,6 +7,7 @@ normalisation; ``docs/learn.md`` gives the draws and their order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,30 +17,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    v = maxc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    safe = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack((h, s, v), 1)
+#: RGB -> YIQ (luma and two chroma axes); a hue shift is a rotation of the chroma plane
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
+                            [0.596, -0.274, -0.322],
+                            [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack((torch.stack((v, q, p, p, t, v), 1),
-                         torch.stack((t, v, v, q, p, p), 1),
-                         torch.stack((p, p, t, v, v, q), 1)), 1)  # (B, 3, 6, H, W)
-    return table.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3) RGB matrices that turn the hue by ``turns`` (1 = a full circle)."""
+    angle = turns * (2 * math.pi)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(len(turns), 3, 3, device=turns.device)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    return _YIQ_TO_RGB.to(turns.device) @ rotation @ _RGB_TO_YIQ.to(turns.device)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +114,5 @@ class Augment:
             x = (s * x + (1 - s) * _grey(x)).clamp(0, 1)
         if self.p.hue:
             shift = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * self.p.hue
-            hsv = _rgb_to_hsv(x)
-            hsv = torch.cat(((hsv[:, :1] + shift.view(-1, 1, 1, 1)) % 1.0, hsv[:, 1:]), 1)
-            x = _hsv_to_rgb(hsv)
+            x = torch.einsum("nij,njhw->nihw", _hue_rotation(shift), x).clamp(0, 1)
         return x

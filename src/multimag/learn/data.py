@@ -169,14 +169,19 @@ def _pass_through(batch: dict) -> dict:
 
 class EpochSampler(Sampler[list[int]]):
     """Batches of row indices: a fresh seeded permutation per epoch (so a resumed
-    run sees the same order as an uninterrupted one), split across ranks."""
+    run sees the same order as an uninterrupted one), split across ranks.
+
+    With ``classes`` (one value per row), each class fills an equal share of the
+    epoch: its rows in a fresh permutation, repeated if it has too few.
+    """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world: int = 1,
-                 max_samples: int | None = None) -> None:
+                 max_samples: int | None = None, classes: np.ndarray | None = None) -> None:
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.drop_last, self.rank, self.world = seed, drop_last, rank, world
         self.max_samples = max_samples
+        self.classes = None if classes is None else np.asarray(classes)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -185,11 +190,22 @@ class EpochSampler(Sampler[list[int]]):
     def _order(self) -> np.ndarray:
         if not self.shuffle:
             order = np.arange(self.n)
+        elif self.classes is not None:
+            order = self._balanced(np.random.default_rng([self.seed, self.epoch]))
         else:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         if self.max_samples:
             order = order[:self.max_samples]
         return order[self.rank::self.world]
+
+    def _balanced(self, rng: np.random.Generator) -> np.ndarray:
+        total = self.max_samples or self.n
+        members = [np.flatnonzero(self.classes == c) for c in np.unique(self.classes)]
+        share = math.ceil(total / len(members))
+        parts = [np.concatenate([rng.permutation(rows)
+                                 for _ in range(math.ceil(share / len(rows)))])[:share]
+                 for rows in members]
+        return rng.permutation(np.concatenate(parts))[:total]
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self._order()

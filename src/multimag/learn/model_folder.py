@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -26,6 +27,17 @@ STORE_KEYS = ("patch_px", "mode", "magnifications")
 
 def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and values of a network's tensors
+    (what the weights are, whichever file or path they came from)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def store_geometry(reader: PatchReader) -> dict:
@@ -71,6 +83,23 @@ def check_store_fits(meta: dict, reader: PatchReader) -> None:
             raise ModelError(f"store {key} is {attrs.get(key)!r} but the model was trained on "
                              f"{meta['store'][key]!r}", slide=reader.slide_id, path=reader.path,
                              fix="tile the slide with the model's configuration or retrain")
+
+
+def check_test_slide(meta: dict, reader: PatchReader, model_dir: str | Path) -> None:
+    """The slide must be one of the test slides of the index the model trained on:
+    any other slide's patient may be among those it trained or validated on."""
+    test_slides = meta.get("test_slides")
+    if test_slides is None:
+        raise ModelError("the model records no test slides (trained by an older multimag)",
+                         slide=reader.slide_id, path=Path(model_dir) / META_FILE,
+                         fix="retrain the model (multimag train)")
+    if reader.slide_id not in test_slides:
+        raise ModelError(f"the slide is not a test slide of the model's index "
+                         f"({meta.get('index_dir')}): the model may have trained or validated "
+                         "on its patient", slide=reader.slide_id,
+                         path=Path(model_dir) / META_FILE,
+                         fix=f"predict it with the model of the fold whose test set holds it "
+                         f"(this one is fold {meta.get('fold')})")
 
 
 def write_history(model_dir: Path, history: list[dict]) -> None:

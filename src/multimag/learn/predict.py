@@ -12,7 +12,7 @@ from torch import nn
 from multimag.errors import ModelError
 from multimag.learn.device import resolve_device
 from multimag.learn.methods import get_method
-from multimag.learn.model_folder import check_store_fits, load_model
+from multimag.learn.model_folder import check_store_fits, check_test_slide, load_model
 from multimag.learn.predictions import SCHEMA, write_predictions
 from multimag.learn.scoring import score_patches
 from multimag.wsi.store import SCHEMA_VERSION, PatchReader
@@ -22,12 +22,14 @@ def predict_store(model_dir: str | Path, store: str | Path, out: str | Path,
                   labels: str | Path | None = None, device: str = "auto",
                   batch_size: int | None = None, model: tuple[nn.Module, dict] | None = None,
                   progress: bool = True) -> pd.DataFrame:
-    """Score every patch of one store and write ``out`` (parquet)."""
+    """Score every patch of one store and write ``out`` (parquet); the slide must
+    be a test slide of the model."""
     dev = resolve_device(device)
     net, meta = model or load_model(model_dir, dev)
     store = Path(store)
     reader = PatchReader(store)
     check_store_fits(meta, reader)
+    check_test_slide(meta, reader, model_dir)
     config = meta["config"]
     table = _patch_table(reader, labels)
     scores = score_patches(net, get_method(meta["method"]), config, table, store.parent, dev,
@@ -45,7 +47,9 @@ def predict_store(model_dir: str | Path, store: str | Path, out: str | Path,
     info = {"method": meta["method"], "fold": meta["fold"], "slide_id": reader.slide_id,
             "magnifications": reader.attrs["magnifications"], "patch_px": reader.attrs["patch_px"],
             "extent_level0": levels, "store_schema_version": SCHEMA_VERSION,
-            "model": str(Path(model_dir)), "config_sha256": meta["config_sha256"]}
+            "model": str(Path(model_dir)), "config_sha256": meta["config_sha256"],
+            "model_identity": meta["identity"], "index_dir": meta["index_dir"],
+            "index_sha256": meta["index_sha256"]}
     write_predictions(scores, out, info)
     return scores
 

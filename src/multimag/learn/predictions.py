@@ -17,8 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from multimag.dataset.index_digest import (
+    SUMMARY_FILE,
+    index_digest,
+    index_test_slides,
+    read_index_summary,
+)
 from multimag.dataset.splits import splits_frame
-from multimag.errors import PlotError, PredictionsError, short_list
+from multimag.errors import IndexBuildError, PlotError, PredictionsError, short_list
 from multimag.tables import METADATA_KEY, read_metadata, write_table
 
 #: the view of a patch's own prediction (beside one view per magnification)
@@ -58,7 +64,9 @@ def check_predictions(pred_dir: str | Path,
 
     Raises ``PredictionsError`` when a slide of the splits has no file, a file
     lacks a column of the schema or its metadata, the files mix methods or
-    configurations, or a slide was predicted by the model of another fold.
+    configurations, a slide was predicted by the model of another fold, or the
+    index the model trained on (read from its files) lacks the slide among its
+    test slides or changed since.
     """
     pred_dir = Path(pred_dir)
     table = splits_frame(splits)
@@ -69,6 +77,7 @@ def check_predictions(pred_dir: str | Path,
     _check_one_configuration(pred_dir, metas)
     _check_own_test_fold(pred_dir, metas,
                          dict(zip(slide_ids, table["fold"].astype(int), strict=True)))
+    _check_model_indices(pred_dir, metas)
     return metas
 
 
@@ -122,6 +131,53 @@ def _check_own_test_fold(pred_dir: Path, metas: Mapping[str, Mapping[str, Any]],
                 "(a leak), or the splits changed after prediction", slide=slide_id,
                 path=pred_dir / f"{slide_id}.parquet",
                 fix=f"{_FIX_PREDICT} (the model of fold {fold_of[slide_id]} must predict it)")
+
+
+def _check_model_indices(pred_dir: Path, metas: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each slide is a test slide of the index its model trained on, and that index
+    still has the content the model recorded: checked from the index's own files."""
+    indices: dict[Path, tuple[str, list[str]]] = {}
+    for slide_id, meta in metas.items():
+        path = pred_dir / f"{slide_id}.parquet"
+        if not all(isinstance(meta.get(k), str) for k in ("index_dir", "index_sha256")):
+            raise PredictionsError("the metadata names no model index (index_dir, "
+                                   "index_sha256)", slide=slide_id, path=path, fix=_FIX_PREDICT)
+        folder = _index_folder(Path(meta["index_dir"]), pred_dir)
+        if folder is None:
+            raise PredictionsError(f"the index the model trained on ({meta['index_dir']}) "
+                                   "is not there", slide=slide_id, path=path,
+                                   fix=f"{_FIX_PREDICT}, with models trained on the current "
+                                   "indices")
+        if folder not in indices:
+            try:
+                indices[folder] = (index_digest(folder),
+                                   index_test_slides(read_index_summary(folder)))
+            except IndexBuildError as exc:
+                raise PredictionsError(f"the index the model trained on is unreadable: "
+                                       f"{exc.what}", slide=slide_id, path=folder,
+                                       fix="re-run the index, train and predict steps") from exc
+        digest, test_slides = indices[folder]
+        if digest != meta["index_sha256"]:
+            raise PredictionsError(f"the index the model trained on ({folder}) changed after "
+                                   "training", slide=slide_id, path=path,
+                                   fix="re-run the train and predict steps on the current "
+                                   "index")
+        if slide_id not in test_slides:
+            raise PredictionsError(f"not a test slide of the index the model trained on "
+                                   f"({folder}): that model may have trained or validated on "
+                                   "the slide's patient (a leak)", slide=slide_id, path=path,
+                                   fix=f"{_FIX_PREDICT} (with the model whose index holds the "
+                                   "slide in its test set)")
+
+
+def _index_folder(recorded: Path, pred_dir: Path) -> Path | None:
+    """The index folder a model recorded: as written (absolute, or relative to the
+    working directory), else relative to a folder above the predictions (a
+    workflow directory run from elsewhere)."""
+    candidates = [recorded]
+    if not recorded.is_absolute():
+        candidates += [base / recorded for base in pred_dir.resolve().parents]
+    return next((c for c in candidates if (c / SUMMARY_FILE).is_file()), None)
 
 
 def _check_one_configuration(pred_dir: Path, metas: Mapping[str, Mapping[str, Any]]) -> None:

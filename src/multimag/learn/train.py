@@ -21,6 +21,7 @@ from torch import nn
 
 from multimag import __version__
 from multimag.config import step_settings
+from multimag.dataset.index_digest import index_digest, index_test_slides
 from multimag.errors import TrainingError
 from multimag.learn.augment import Augment, AugmentParams
 from multimag.learn.data import EpochSampler, GroupSampler, PatchDataset, make_loader
@@ -34,6 +35,7 @@ from multimag.learn.model_folder import (
     save_checkpoint,
     save_model,
     store_geometry,
+    weights_digest,
     write_history,
 )
 from multimag.wsi.store import SCHEMA_VERSION, PatchReader
@@ -49,7 +51,7 @@ class _Job:
     index_dir: Path
     out_dir: Path
     stores_dir: Path
-    init: str | Path | None  # as given: its text is part of the configuration digest
+    init: str | Path | None  # as given (the identity takes its weights' digest)
     rank: int
     world: int
     device: torch.device
@@ -65,6 +67,8 @@ class _TrainingData:
     dataset: PatchDataset
     val: pd.DataFrame
     store: dict
+    index_sha256: str
+    test_slides: list[str]
 
 
 @dataclass
@@ -77,10 +81,14 @@ class _Optimisation:
     schedule: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     epochs: int
-    digest: str
+    identity: dict  # what the training reads, part by part (see _identity)
     state: dict = field(default_factory=lambda: {
         "epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0,
         "history": [], "best_state": None})
+
+    @property
+    def digest(self) -> str:
+        return config_digest(self.identity)
 
 
 def train(index_dir: str | Path, out_dir: str | Path, method: str, fold: int, config: dict,
@@ -93,14 +101,14 @@ def train(index_dir: str | Path, out_dir: str | Path, method: str, fold: int, co
     job = _Job(trained, fold, config, Path(index_dir), Path(out_dir), stores_dir, init,
                rank, world, dev)
     data = _load_training_data(job)
-    optimisation = _build_optimisation(job)
+    optimisation = _build_optimisation(job, data)
     _resume(job, optimisation)
     loader = make_loader(data.dataset, _epoch_sampler(job, data), job.train_config["workers"])
     job.out_dir.mkdir(parents=True, exist_ok=True)
     _run_epochs(job, optimisation, data, loader, progress)
     meta = {}
     if rank == 0:
-        meta = _model_metadata(job, optimisation.state, data.store)
+        meta = _model_metadata(job, optimisation, data)
         save_model(job.out_dir, optimisation.state["best_state"]
                    or optimisation.model.state_dict(), meta)
     end_process_group(world)
@@ -109,7 +117,7 @@ def train(index_dir: str | Path, out_dir: str | Path, method: str, fold: int, co
 
 def _load_training_data(job: _Job) -> _TrainingData:
     """The method's training samples and the validation patches, checked."""
-    _read_index_meta(job.index_dir, job.fold)
+    summary = _read_index_meta(job.index_dir, job.fold)
     if job.method.init_method and job.init is None:
         raise TrainingError(f"{job.method.name} starts from an {job.method.init_method} model",
                             path=job.out_dir,
@@ -129,7 +137,8 @@ def _load_training_data(job: _Job) -> _TrainingData:
                            sampling.label_columns)
     slide = str(sampling.table[sampling.views[0].slide].iloc[0])
     store = store_geometry(PatchReader(job.stores_dir / f"{slide}.zarr"))
-    return _TrainingData(sampling, dataset, val, store)
+    return _TrainingData(sampling, dataset, val, store, index_digest(job.index_dir),
+                         index_test_slides(summary))
 
 
 def _read_index_meta(index_dir: Path, fold: int) -> dict:
@@ -156,14 +165,13 @@ def _check_classes(table: pd.DataFrame, columns: tuple[str, ...], what: Path) ->
                             "(more patients, other split.seed, or fewer folds)")
 
 
-def _build_optimisation(job: _Job) -> _Optimisation:
-    """The seeded network (from ``--init`` where given), AdamW, the schedule and
-    the loss scaler."""
+def _build_optimisation(job: _Job, data: _TrainingData) -> _Optimisation:
+    """The seeded network (from ``--init`` where given), AdamW, the schedule, the
+    loss scaler and the identity of the training."""
     train_config = job.train_config
     torch.manual_seed(train_config["seed"])
     model = job.method.build_model(job.config)
-    if job.init is not None:
-        _load_encoder(model, job.init)
+    init_sha256 = None if job.init is None else _load_encoder(model, job.init)
     model.to(job.device)
     net = model
     if job.world > 1:
@@ -177,19 +185,36 @@ def _build_optimisation(job: _Job) -> _Optimisation:
     use_scaler = (job.device.type == "cuda" and train_config["amp"]
                   and not torch.cuda.is_bf16_supported())
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    digest = config_digest({"settings": step_settings(job.config, "train"),
-                            "method": job.method.name, "fold": job.fold,
-                            "init": str(job.init) if job.init else None})
-    return _Optimisation(model, net, optimiser, schedule, scaler, epochs, digest)
+    return _Optimisation(model, net, optimiser, schedule, scaler, epochs,
+                         _identity(job, data, init_sha256))
 
 
-def _load_encoder(model: nn.Module, init: str | Path) -> None:
-    """Every weight of the model at ``init`` that fits, but the classifier's."""
+def _load_encoder(model: nn.Module, init: str | Path) -> str:
+    """Every weight of the model at ``init`` that fits, but the classifier's; the
+    digest of the init model's weights."""
     pretrained, _ = load_model(init)
+    weights = pretrained.state_dict()
     own = model.state_dict()
-    loaded = {k: v for k, v in pretrained.state_dict().items()
+    loaded = {k: v for k, v in weights.items()
               if k in own and v.shape == own[k].shape and not k.startswith("classifier")}
     model.load_state_dict(loaded, strict=False)
+    return weights_digest(weights)
+
+
+#: the parts of a training's identity, as the log names them when one changed
+_IDENTITY_PARTS = {"settings": "the train step's settings", "method": "the method",
+                   "fold": "the fold", "index": "the content of the index",
+                   "store": "the patch geometry of the stores",
+                   "init": "the weights of the --init model"}
+
+
+def _identity(job: _Job, data: _TrainingData, init_sha256: str | None) -> dict:
+    """Everything the training reads, as digests: a checkpoint resumes only a
+    training of the same identity."""
+    return {"settings": config_digest(step_settings(job.config, "train")),
+            "method": job.method.name, "fold": job.fold, "index": data.index_sha256,
+            "store": config_digest({**data.store, "schema_version": SCHEMA_VERSION}),
+            "init": init_sha256}
 
 
 def _lr_factor(epoch: int, epochs: int, warmup: int) -> float:
@@ -200,13 +225,20 @@ def _lr_factor(epoch: int, epochs: int, warmup: int) -> float:
 
 
 def _resume(job: _Job, optimisation: _Optimisation) -> None:
-    """Continue after the last finished epoch of a checkpoint of this configuration."""
+    """Continue after the last finished epoch of a checkpoint of this identity; a
+    checkpoint of another one is discarded, saying why."""
     checkpoint = load_checkpoint(job.out_dir)
     if checkpoint is None:
         return
     path = job.out_dir / CHECKPOINT_FILE
     if checkpoint.get("digest") != optimisation.digest:
-        print(f"ignoring {path}: written with another configuration", flush=True)
+        if job.rank == 0:
+            old = checkpoint.get("identity")
+            changed = ([name for key, name in _IDENTITY_PARTS.items()
+                        if old.get(key) != optimisation.identity[key]]
+                       if isinstance(old, dict) else ["its identity (it records none)"])
+            print(f"ignoring {path}: {', '.join(changed) or 'its identity'} changed since it "
+                  "was written; training from scratch", flush=True)
         return
     optimisation.model.load_state_dict(checkpoint["model"])
     optimisation.optimiser.load_state_dict(checkpoint["optimiser"])
@@ -227,9 +259,11 @@ def _epoch_sampler(job: _Job, data: _TrainingData) -> EpochSampler:
         return GroupSampler(groups, seed=train_config["seed"], rank=job.rank, world=job.world,
                             max_samples=max_batches)
     n = len(data.dataset)
+    balance = data.sampling.balance if train_config["balance_classes"] else None
     return EpochSampler(n, train_config["batch_size"], seed=train_config["seed"],
                         drop_last=n > train_config["batch_size"], rank=job.rank,
-                        world=job.world, max_samples=train_config["samples_per_epoch"])
+                        world=job.world, max_samples=train_config["samples_per_epoch"],
+                        classes=None if balance is None else table[balance].to_numpy())
 
 
 def _run_epochs(job: _Job, optimisation: _Optimisation, data: _TrainingData, loader,
@@ -310,17 +344,22 @@ def _validate_and_save_epoch(job: _Job, optimisation: _Optimisation, data: _Trai
         "model": model.state_dict(), "optimiser": optimisation.optimiser.state_dict(),
         "schedule": optimisation.schedule.state_dict(),
         "scaler": optimisation.scaler.state_dict(), "state": state,
-        "digest": optimisation.digest})
+        "digest": optimisation.digest, "identity": optimisation.identity})
     print(json.dumps(row), flush=True)
     return state["bad_epochs"] >= job.train_config["patience"]
 
 
-def _model_metadata(job: _Job, state: dict, store: dict) -> dict:
-    """``model.json``: what predicting needs, and how the training went."""
+def _model_metadata(job: _Job, optimisation: _Optimisation, data: _TrainingData) -> dict:
+    """``model.json``: what predicting needs, what the model was trained on, and
+    how the training went."""
+    state = optimisation.state
     return {"method": job.method.name, "fold": job.fold, "config": job.config,
             "config_sha256": config_digest(step_settings(job.config, "train")),
-            "store": store, "store_schema_version": SCHEMA_VERSION,
-            "index_dir": str(job.index_dir), "init": str(job.init) if job.init else None,
+            "store": data.store, "store_schema_version": SCHEMA_VERSION,
+            "identity": optimisation.digest, "index_sha256": data.index_sha256,
+            "test_slides": data.test_slides, "index_dir": str(job.index_dir),
+            "init": str(job.init) if job.init else None,
+            "init_sha256": optimisation.identity["init"],
             "best_epoch": state["best_epoch"], "best_score": state["best_score"],
             "epochs_run": state["epoch"] + 1, "device": str(job.device),
             "world_size": job.world, "multimag_version": __version__}

@@ -1,15 +1,17 @@
 """The training methods by name: one object per method, one module per paper.
 
 Adding a method means adding its module (a ``Method`` subclass), listing it in
-``REGISTRY`` and naming it in the config schema's ``methods`` enum.
+``REGISTRY`` and naming it in the config schema's ``methods`` enum. The
+single-magnification baselines ``ce_single_{M}x`` are made from their names.
 """
 
 from __future__ import annotations
 
+from multimag.config import SINGLE_MAGNIFICATION, single_magnification_of
 from multimag.errors import ConfigError
 
 from .base import Method, Sampling
-from .baseline import CrossEntropyBaseline
+from .baseline import CrossEntropyBaseline, SingleMagnification
 from .constellation import Constellation
 from .dsml import DSML
 from .mpcs import MPCSFinetune, MPCSPretrain
@@ -23,8 +25,11 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
 def get_method(name: str) -> Method:
     """The method called ``name``; a ConfigError lists the known names."""
     method = REGISTRY.get(name)
+    if method is None and (magnification := single_magnification_of(name)) is not None:
+        method = SingleMagnification(magnification)
     if method is None:
-        raise ConfigError(f"unknown method {name!r}", fix=f"use one of: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown method {name!r}", fix=f"use one of: {', '.join(REGISTRY)}"
+                          f" or {SINGLE_MAGNIFICATION}_{{M}}x (M a configured magnification)")
     return method
 
 

@@ -34,6 +34,7 @@ class Sampling:
     views: list[View]
     label_columns: tuple[str, ...]
     groups: str | None = None  # column of fixed batches (constellation)
+    balance: str | None = None  # column whose classes an epoch draws equally often
     shared_geometry: bool = False
 
 
@@ -87,9 +88,13 @@ class Method:
     def epochs(self, config: dict) -> int:
         return config["train"]["epochs"]
 
+    def patch_magnifications(self, config: dict) -> list[float]:
+        """The magnifications a patch is read at, one row each (every configured one)."""
+        return magnifications(config)
+
     def inference_rows(self, table: pd.DataFrame, config: dict) -> pd.DataFrame:
-        """The rows read to score the patches of ``table``: each at every magnification."""
-        return single_patches(table, magnifications(config))
+        """The rows read to score the patches of ``table``: one per patch magnification."""
+        return single_patches(table, self.patch_magnifications(config))
 
     def inference_views(self, config: dict) -> list[View]:
         """The views the network reads one inference row through."""

@@ -41,7 +41,7 @@ class DSML(Method):
 
     def training_sampling(self, index_dir: str | Path, config: dict) -> Sampling:
         return Sampling(read_index(index_dir, "patches_train"), self.inference_views(config),
-                        ("label",), shared_geometry=True)
+                        ("label",), shared_geometry=True, balance="label")
 
     def build_model(self, config: dict) -> nn.Module:
         model_config, dsml_config = config["model"], config["dsml"]

@@ -89,4 +89,5 @@ class MPCSFinetune(CrossEntropyBaseline):
     def training_sampling(self, index_dir: str | Path, config: dict) -> Sampling:
         table = label_subset(read_index(index_dir, "patches_train"),
                              config["mpcs"]["label_fraction"], config["train"]["seed"])
-        return Sampling(single_patches(table, magnifications(config)), single_view(), ("label",))
+        return Sampling(single_patches(table, magnifications(config)), single_view(), ("label",),
+                        balance="label")

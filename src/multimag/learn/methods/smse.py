@@ -38,7 +38,7 @@ class SMSEPair(SMSE):
 
     def training_sampling(self, index_dir: str | Path, config: dict) -> Sampling:
         return Sampling(read_index(index_dir, "pairs"), pair_views(),
-                        ("label_a", "label_b", "same"))
+                        ("label_a", "label_b", "same"), balance="label_a")
 
     def embedding_loss(self, embeddings: list[torch.Tensor], labels: torch.Tensor,
                        margin: float) -> torch.Tensor:
@@ -50,7 +50,8 @@ class SMSETriplet(SMSE):
 
     def training_sampling(self, index_dir: str | Path, config: dict) -> Sampling:
         return Sampling(read_index(index_dir, "triplets"), triplet_views(),
-                        ("anchor_label", "positive_label", "negative_label"))
+                        ("anchor_label", "positive_label", "negative_label"),
+                        balance="anchor_label")
 
     def embedding_loss(self, embeddings: list[torch.Tensor], labels: torch.Tensor,
                        margin: float) -> torch.Tensor:
