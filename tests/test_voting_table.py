@@ -20,6 +20,7 @@ from multimag.evaluate.voting_table import (
     voting_rows,
     voting_table,
 )
+from multimag.learn.predictions import read_predictions
 
 # slide: (patient, fold, diagnosis, P(tumour) per patch). The patch labels contradict
 # the diagnosis on purpose (tumour slides all 0, normal slides all 1): the truth must
@@ -119,7 +120,8 @@ def test_evaluate_writes_the_voting_table_for_every_method(tmp_path):
     for column in VOTING_COLUMNS[4:]:
         np.testing.assert_allclose(mine[column].to_numpy(dtype=float),
                                    expected[column].to_numpy(dtype=float), err_msg=column)
-    assert table.equals(voting_table(dirs, splits, **OPTIONS, k=1))
+    fused = {m: read_predictions(d, splits, fused=True, columns=[]) for m, d in dirs.items()}
+    assert table.equals(voting_table(fused, splits, **OPTIONS, k=1))
     markdown = (tmp_path / "results" / "voting.md").read_text(encoding="utf-8")
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 2 * len(RULES)  # header, then one row per method and rule

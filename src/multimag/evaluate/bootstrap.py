@@ -22,7 +22,7 @@ from multimag.dataset.splits import splits_frame
 from multimag.evaluate.aggregate import verdicts
 from multimag.evaluate.metrics import NAN
 from multimag.evaluate.voting_table import VOTING_OPTIONS
-from multimag.learn.predictions import FUSED, read_predictions
+from multimag.learn.predictions import FUSED
 
 __all__ = ["INTERVAL_METRICS", "PatientTable", "add_intervals", "bootstrap_intervals",
            "method_intervals", "patient_resamples", "patient_table", "resampled_figures"]
@@ -158,14 +158,14 @@ def bootstrap_intervals(table: PatientTable, *, resamples: int = 1000, seed: int
     return out
 
 
-def method_intervals(pred_dir: str | Path, splits: pd.DataFrame | str | Path,
+def method_intervals(fused: pd.DataFrame, splits: pd.DataFrame | str | Path,
                      bootstrap: Mapping[str, Any], **options: Any
                      ) -> dict[str, tuple[float, float]]:
-    """The intervals of one method's predictions folder; ``bootstrap``: the keyword
-    arguments of :func:`bootstrap_intervals` (the config's ``evaluate.bootstrap``);
-    ``options``: the voting parameters of ``evaluate_method`` (others are ignored)."""
+    """The intervals of one method's fused predictions (``read_predictions(...,
+    fused=True)``); ``bootstrap``: the keyword arguments of :func:`bootstrap_intervals`
+    (the config's ``evaluate.bootstrap``); ``options``: the voting parameters of
+    ``evaluate_method`` (others are ignored)."""
     splits = splits_frame(splits)
-    fused = read_predictions(pred_dir, splits, fused=True, columns=[])
     voting = {k: v for k, v in options.items() if k in VOTING_OPTIONS}
     return bootstrap_intervals(patient_table(fused, splits, **voting), **bootstrap)
 

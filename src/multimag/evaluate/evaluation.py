@@ -64,9 +64,11 @@ def evaluate_method(pred_dir: str | Path, splits_path: str | Path | pd.DataFrame
                     out_dir: str | Path | None = None, *, rule: str = "majority",
                     tie: str = "tumour", threshold: float = 0.5,
                     fraction_threshold: float = 0.5, exclude_ambiguous: bool = True,
-                    k: int = 5, max_points: int = 5000, seed: int = 0) -> pd.DataFrame:
+                    k: int = 5, max_points: int = 5000, seed: int = 0,
+                    fused: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per test fold of one method's predictions (columns in
     ``docs/evaluate.md``); writes ``{out_dir}/metrics.tsv`` when ``out_dir`` is given.
+    ``fused``: the folder's fused rows, when the caller has read them already.
 
     ``rule``, ``tie``, ``threshold``, ``fraction_threshold`` and ``exclude_ambiguous``
     are those of :func:`multimag.evaluate.aggregate.aggregate`; ``k``, ``max_points`` and
@@ -74,7 +76,8 @@ def evaluate_method(pred_dir: str | Path, splits_path: str | Path | pd.DataFrame
     """
     splits = (read_splits(splits_path) if isinstance(splits_path, (str, Path))
               else splits_path.reset_index(drop=True))
-    fused_all = read_predictions(pred_dir, splits, fused=True, columns=[])
+    fused_all = (read_predictions(pred_dir, splits, fused=True, columns=[]) if fused is None
+                 else fused)
     method = fused_all.attrs.get("multimag", {}).get("method") or Path(pred_dir).name
     rows = []
     for fold in sorted(splits["fold"].astype(int).unique().tolist()):
@@ -197,11 +200,12 @@ def evaluate(pred_dirs: Mapping[str, str | Path] | Sequence[str | Path],
     splits = (read_splits(splits_path) if isinstance(splits_path, (str, Path))
               else splits_path)
     tables: dict[str, pd.DataFrame] = {}
-    folders: dict[str, str | Path] = {}
+    fused_rows: dict[str, pd.DataFrame] = {}
     items = (list(pred_dirs.items()) if isinstance(pred_dirs, Mapping)
              else [(None, d) for d in pred_dirs])
     for name, pred_dir in items:
-        table = evaluate_method(pred_dir, splits, **options)
+        fused = read_predictions(pred_dir, splits, fused=True, columns=[])
+        table = evaluate_method(pred_dir, splits, fused=fused, **options)
         if name is not None:
             method = str(name)
         elif len(table):
@@ -213,11 +217,11 @@ def evaluate(pred_dirs: Mapping[str, str | Path] | Sequence[str | Path],
                                 fix="evaluate each method's predictions directory once")
         _write_tsv(table, out_dir / method / "metrics.tsv")
         tables[method] = table
-        folders[method] = pred_dir
+        fused_rows[method] = fused
     summary = add_intervals(summarise(tables), {
-        method: method_intervals(folder, splits, bootstrap or {}, **options)
-        for method, folder in folders.items()})
+        method: method_intervals(fused, splits, bootstrap or {}, **options)
+        for method, fused in fused_rows.items()})
     write_summary(summary, out_dir / "summary.tsv", out_dir / "summary.md",
                   out_dir / "summary.html")
-    write_voting(voting_table(folders, splits, **options), out_dir)  # every rule side by side
+    write_voting(voting_table(fused_rows, splits, **options), out_dir)  # every rule side by side
     return summary

@@ -21,7 +21,6 @@ from multimag.atomic import atomic_path
 from multimag.dataset.splits import splits_frame
 from multimag.evaluate.aggregate import RULES, TUMOUR, verdicts
 from multimag.evaluate.metrics import NAN
-from multimag.learn.predictions import read_predictions
 
 __all__ = ["VOTING_COLUMNS", "level_scores", "voting_markdown", "voting_rows",
            "voting_table", "write_voting"]
@@ -93,9 +92,10 @@ def voting_rows(method: str, fused: pd.DataFrame, splits: pd.DataFrame, *,
     return rows
 
 
-def voting_table(pred_dirs: Mapping[str, str | Path], splits: pd.DataFrame | str | Path,
+def voting_table(fused_rows: Mapping[str, pd.DataFrame], splits: pd.DataFrame | str | Path,
                  **options: Any) -> pd.DataFrame:
-    """The table of :func:`voting_rows` of every method (method -> predictions folder).
+    """The table of :func:`voting_rows` of every method (method -> its fused predictions,
+    ``read_predictions(..., fused=True)``).
 
     ``options``: those of :func:`voting_rows`; others (of ``evaluate_method``) are
     ignored.
@@ -103,8 +103,7 @@ def voting_table(pred_dirs: Mapping[str, str | Path], splits: pd.DataFrame | str
     splits = splits_frame(splits)
     kept = {k: v for k, v in options.items() if k in VOTING_OPTIONS}
     rows: list[dict[str, Any]] = []
-    for method, pred_dir in pred_dirs.items():
-        fused = read_predictions(pred_dir, splits, fused=True, columns=[])
+    for method, fused in fused_rows.items():
         rows += voting_rows(method, fused, splits, **kept)
     return pd.DataFrame(rows, columns=list(VOTING_COLUMNS))
 
