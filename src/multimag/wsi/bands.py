@@ -9,7 +9,6 @@ it overlaps. docs/wsi.md describes the design.
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,23 +17,32 @@ from multimag.wsi.geometry import tiles_under
 from multimag.wsi.slide import WHITE, Slide
 from multimag.wsi.tile_decoding import decode_buffer, reduce_pixels
 
+try:  # numpy's switch for asking the kernel for huge pages (arrays of 4 MiB or more)
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # numpy 1.x
+    try:
+        from numpy.core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        _set_madvise_hugepage = None
+
 _ROW = 21  # bit offset of the tile row in a tile's key within one version
 
 
 def _canvas_memory(shape: tuple[int, int, int]) -> np.ndarray:
-    """A uint8 array on ordinary pages: a fresh anonymous mapping, never advised.
+    """An uninitialised uint8 array on ordinary pages.
 
-    numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more,
-    and malloc may hand back memory numpy advised before; canvases are new memory
-    written at once, and where the host reclaims free memory, a huge page faulted
-    in after an idle spell costs several times its small pages."""
-    size = int(np.prod(shape))
-    if size == 0:
+    numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more;
+    canvases are new memory written at once, and where the host reclaims free
+    memory, a huge page faulted in after an idle spell costs several times its
+    small pages. The switch is numpy's, process-wide, and only a hint: an array
+    another thread allocates meanwhile gets small pages too."""
+    if _set_madvise_hugepage is None:
         return np.empty(shape, np.uint8)
-    mapping = mmap.mmap(-1, size)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        mapping.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(mapping, np.uint8).reshape(shape)
+    huge = _set_madvise_hugepage(False)
+    try:
+        return np.empty(shape, np.uint8)
+    finally:
+        _set_madvise_hugepage(huge)
 
 
 def _canvases(rects: np.ndarray, rows: np.ndarray, rows_per_canvas: int, lengths: np.ndarray
